@@ -1,0 +1,139 @@
+"""What travels between ``serving`` and an engine: frozen domain objects, never wire models.
+
+A ``GenerationRequest`` carries the conversation as ``Message``s whose parts are text or references
+(by index) into ``Prompt.media``; the engine renders them with the bound model's own chat template
+(local) or into an upstream payload (remote).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MediaPart:
+    """A reference to ``Prompt.media[index]``, at this place in the message."""
+
+    index: int
+
+
+Part = TextPart | MediaPart
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the client sent or the model produced it
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    parts: tuple[Part, ...]
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInput:
+    """One prepared image (``frames`` has one picture) or video (several frames, in order).
+
+    ``identity`` is the content hash of the canonical pixels (see ``media/identity.py``): equal
+    identities mean equal pixels, so every cache may key on it.
+    """
+
+    kind: Literal["image", "video"]
+    frames: tuple[Image, ...]
+    identity: str
+    timestamps: tuple[float, ...] = ()  # seconds, one per frame, videos only
+    fps: float | None = None  # sampled frames per second, videos only
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    messages: tuple[Message, ...]
+    media: tuple[MediaInput, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    temperature: float = 0.5
+    top_p: float = 0.9
+    max_tokens: int | None = None  # None: whatever the context window leaves
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: str
+    prompt: Prompt
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    tenant: str = ""  # salts caches so tenants never share state
+
+
+@dataclass(frozen=True, slots=True)
+class PromptUsage:
+    prompt_tokens: int
+    image_tokens: int = 0
+    video_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """First event of every generation: the prompt was accepted and measured."""
+
+    usage: PromptUsage
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """New text for choice ``index``; ``num_tokens`` tokens were generated to produce it.
+
+    ``text`` may be empty (a token that completes no character yet, or text held back because it
+    may start a stop string).
+    """
+
+    index: int
+    text: str
+    num_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    index: int
+    reason: FinishReason
+
+
+Event = Started | Delta | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    ready: bool
+    detail: str
+    max_model_len: int | None = None  # the bound model's own context window, once known

@@ -1,0 +1,121 @@
+"""The one exception tree of vlmserve.
+
+Every error a client can see is a ``VlmserveError``; ``api/errors.py`` alone renders it as
+``{"error": {"message", "type", "code", "param"}}`` with ``status``. ``retryable`` says whether the
+same request may succeed later (so clients can back off instead of giving up).
+
+    VlmserveError
+    ├── InvalidRequestError          400 invalid_request_error / request_params_invalid
+    │   ├── ModelNotFoundError       400 model_not_found            (param: model)
+    │   ├── UnsupportedContentError  400 unsupported_content_type
+    │   ├── ContextLengthError       400 context_length_exceeded    (param: messages)
+    │   ├── MediaError               400 invalid_image / media_fetch_failed / ...
+    │   │   └── TooManyImagesError   400 too_many_images            (param: messages)
+    │   └── NotSupportedYetError     400 unsupported_parameter
+    ├── AuthenticationError          401 invalid_api_key
+    ├── NotFoundError                404 not_found
+    ├── PayloadTooLargeError         413 payload_too_large
+    ├── RateLimitError               429 rate_limit_exceeded        (retryable)
+    ├── InternalError                500 internal_error             (a bug)
+    ├── UpstreamError                502 upstream_error             (retryable)
+    ├── OverloadedError              503 overloaded / model_loading (retryable)
+    └── TimeoutError_                504 timeout                    (retryable)
+"""
+
+from __future__ import annotations
+
+
+class VlmserveError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequestError(VlmserveError):
+    status = 400
+    type = "invalid_request_error"
+    code = "request_params_invalid"
+
+
+class ModelNotFoundError(InvalidRequestError):
+    code = "model_not_found"
+
+
+class UnsupportedContentError(InvalidRequestError):
+    code = "unsupported_content_type"
+
+
+class ContextLengthError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class MediaError(InvalidRequestError):
+    code = "invalid_media"
+
+
+class TooManyImagesError(MediaError):
+    code = "too_many_images"
+
+
+class NotSupportedYetError(InvalidRequestError):
+    code = "unsupported_parameter"
+
+
+class AuthenticationError(VlmserveError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFoundError(VlmserveError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class PayloadTooLargeError(VlmserveError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class RateLimitError(VlmserveError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
+
+
+class InternalError(VlmserveError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+class UpstreamError(VlmserveError):
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+    retryable = True
+
+
+class OverloadedError(VlmserveError):
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+    retryable = True
+
+
+class TimeoutError_(VlmserveError):  # noqa: N801 - the builtin name is taken
+    status = 504
+    type = "server_error"
+    code = "timeout"
+    retryable = True

@@ -1,0 +1,106 @@
+"""All settings of vlmserve, per layer, frozen; the only module that reads ``VLMSERVE_*``.
+
+Sources, strongest first: constructor arguments (the CLI), environment variables
+(``VLMSERVE_SERVER__PORT=9000``: ``__`` separates the layer from the field), the TOML file given
+with ``--config`` (or ``VLMSERVE_CONFIG``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # "step": every stream chunk carries running usage (the hosted platform's behaviour).
+    # "openai": usage only in one final extra chunk, and only with stream_options.include_usage.
+    stream_usage: Literal["step", "openai"] = "step"
+    api_keys: tuple[str, ...] = ()  # empty: no authentication
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MediaSettings(_Frozen):
+    fetch_connect_timeout_s: float = Field(5.0, gt=0)
+    fetch_read_timeout_s: float = Field(10.0, gt=0)
+    max_redirects: int = Field(5, ge=0, le=20)
+    allow_loopback: bool = False  # tests only: lets the fetcher reach 127.0.0.0/8 and ::1
+    allowed_hosts: tuple[str, ...] = ()  # when non-empty, only these host names are fetched
+    downscale_oversized: bool = False  # longest side over the limit: downscale instead of 400
+    background_rgb: tuple[int, int, int] = (255, 255, 255)  # transparency composited on this
+    workers: int = Field(4, ge=1, le=64)  # bounded thread pool for decoding and resizing
+    cache_bytes: int = Field(512 * 1024 * 1024, ge=0)  # decoded-image cache (content addressed)
+
+
+class EngineSettings(_Frozen):
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    max_queue: int = Field(256, ge=1)  # requests waiting beyond this → 503
+
+
+class CatalogSettings(_Frozen):
+    file: Path | None = None  # a TOML catalogue replacing the built-in one
+    model: str | None = None  # binds every catalogue entry to this hub id or directory
+
+
+class StorageSettings(_Frozen):
+    data_dir: Path = Path("~/.local/share/vlmserve")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VLMSERVE_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    server: ServerSettings = ServerSettings()
+    media: MediaSettings = MediaSettings()
+    engine: EngineSettings = EngineSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    storage: StorageSettings = StorageSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings; ``overrides`` are per-layer dicts (``server={"port": 1}``).
+
+    Raises ``pydantic.ValidationError`` (bad values) or ``FileNotFoundError`` (no such file).
+    """
+    path = config_file or os.environ.get("VLMSERVE_CONFIG")
+    if not path:
+        return Settings(**overrides)
+    toml_path = Path(path).expanduser()
+    if not toml_path.is_file():
+        raise FileNotFoundError(f"config file {toml_path} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=toml_path)
+
+    return _FromFile(**overrides)
