@@ -137,3 +137,6 @@ class EngineHealth:
     ready: bool
     detail: str
     max_model_len: int | None = None  # the bound model's own context window, once known
+    # The processor's longest-edge budgets for detail=low and detail=high, once known (media sizes
+    # images to these before the processor sees them).
+    image_edges: tuple[int, int] | None = None
