@@ -1,4 +1,4 @@
-"""The seam between ``serving`` and whatever generates text (local transformers, remote replicas)."""
+"""The seam between ``serving`` and whatever generates text (local or remote engines)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 Role = Literal["system", "user", "assistant", "tool"]
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     STOP = "stop"
     LENGTH = "length"
     TOOL_CALLS = "tool_calls"
@@ -93,6 +93,12 @@ class GenerationRequest:
     prompt: Prompt
     sampling: SamplingParams = field(default_factory=SamplingParams)
     tenant: str = ""  # salts caches so tenants never share state
+    # OpenAI JSON passed through verbatim to engines that speak it (remote); None: not asked.
+    response_format: dict[str, Any] | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    # The catalogue entry's context window; the engine uses the smaller of it and the model's own.
+    context_window: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +131,18 @@ class Delta:
 
 @dataclass(frozen=True, slots=True)
 class Finished:
+    """Last event of choice ``index``.
+
+    ``tool_calls``: the calls of this choice, complete, when the engine parsed them (remote
+    upstreams that stream structured tool calls). ``usage``: set on the last ``Finished`` of a
+    generation by engines that learn the prompt's final usage only at the end (a vLLM replica
+    reports ``cached_tokens`` in its last chunk); when set it supersedes ``Started.usage``.
+    """
+
     index: int
     reason: FinishReason
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: PromptUsage | None = None
 
 
 Event = Started | Delta | Finished

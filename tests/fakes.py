@@ -1,0 +1,116 @@
+"""``FakeEngine``: an EngineClient without a model, for API and serving tests.
+
+It answers ``"echo: <the last user text>"`` one word per token, counts a prompt as its words plus
+``IMAGE_TOKENS`` per image, and honours max_tokens, stop strings, n, the context window and abort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from vlmserve.catalog.spec import EngineBinding
+from vlmserve.engine.types import (
+    Delta,
+    EngineHealth,
+    Event,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    Prompt,
+    PromptUsage,
+    Started,
+    TextPart,
+)
+from vlmserve.errors import ContextLengthError
+from vlmserve.settings import Settings
+
+IMAGE_TOKENS = 10
+MAX_MODEL_LEN = 4096
+
+
+class FakeEngine:
+    def __init__(self, token_delay_s: float = 0.0, max_model_len: int = MAX_MODEL_LEN) -> None:
+        self.token_delay_s = token_delay_s
+        self.max_model_len = max_model_len
+        self.requests: list[GenerationRequest] = []
+        self.aborted: list[str] = []
+        self.running: set[str] = set()
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def close(self) -> None:
+        self.started = False
+
+    async def health(self) -> EngineHealth:
+        return EngineHealth(True, "ready", self.max_model_len, image_edges=(512, 2048))
+
+    async def count_tokens(self, prompt: Prompt) -> PromptUsage:
+        words = sum(
+            len(part.text.split())
+            for message in prompt.messages
+            for part in message.parts
+            if isinstance(part, TextPart)
+        )
+        images = IMAGE_TOKENS * len(prompt.media)
+        return PromptUsage(prompt_tokens=words + images + 1, image_tokens=images)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        self.requests.append(request)
+        usage = await self.count_tokens(request.prompt)
+        window = min(request.context_window or self.max_model_len, self.max_model_len)
+        if usage.prompt_tokens >= window:
+            raise ContextLengthError(
+                f"The prompt has {usage.prompt_tokens} tokens; the context window is {window}.",
+                param="messages",
+            )
+        yield Started(usage)
+        words = ("echo: " + _last_user_text(request.prompt)).split()
+        budget = min(request.sampling.max_tokens or window, window - usage.prompt_tokens)
+        self.running.add(request.request_id)
+        try:
+            for index in range(request.sampling.n):
+                async for event in self._choice(index, words, budget, request.sampling.stop):
+                    yield event
+        except (GeneratorExit, asyncio.CancelledError):
+            self.aborted.append(request.request_id)
+            raise
+        finally:
+            self.running.discard(request.request_id)
+
+    async def _choice(
+        self, index: int, words: list[str], budget: int, stop: tuple[str, ...]
+    ) -> AsyncIterator[Event]:
+        text = ""
+        for i, word in enumerate(words):
+            if i >= budget:
+                yield Finished(index, FinishReason.LENGTH)
+                return
+            piece = word if i == 0 else " " + word
+            if any(s in text + piece for s in stop):
+                yield Finished(index, FinishReason.STOP)
+                return
+            text += piece
+            if self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s)
+            yield Delta(index, piece, 1)
+        yield Finished(index, FinishReason.STOP)
+
+
+def _last_user_text(prompt: Prompt) -> str:
+    for message in reversed(prompt.messages):
+        if message.role == "user":
+            return " ".join(p.text for p in message.parts if isinstance(p, TextPart))
+    return ""
+
+
+def fake_factory(engine: FakeEngine):  # type: ignore[no-untyped-def]
+    def factory(binding: EngineBinding, settings: Settings) -> FakeEngine:
+        return engine
+
+    return factory

@@ -1,0 +1,92 @@
+"""The ``Services`` container: every layer built once, from the settings, and wired together.
+
+This module and ``app.py`` alone join the layers (STYLE.md section 2); tests construct ``Services``
+directly with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vlmserve.api.auth import KeyChecker
+from vlmserve.catalog.registry import Catalog, load_catalog
+from vlmserve.catalog.spec import EngineBinding
+from vlmserve.engine.client import EngineClient
+from vlmserve.media.intake import MediaIntake
+from vlmserve.serving.chat import ChatService
+from vlmserve.serving.prepare import PromptPreparer
+from vlmserve.serving.tokens import TokenService
+from vlmserve.settings import Settings
+
+log = logging.getLogger("vlmserve")
+
+EngineFactory = Callable[[EngineBinding, Settings], EngineClient]
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    catalog: Catalog
+    engines: dict[EngineBinding, EngineClient]
+    intake: MediaIntake
+    preparer: PromptPreparer
+    chat: ChatService
+    tokens: TokenService
+    keys: KeyChecker
+
+    async def start(self) -> None:
+        await asyncio.gather(*(engine.start() for engine in self.engines.values()))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(engine.close() for engine in self.engines.values()))
+        await self.intake.close()
+
+
+def default_engine_factory(binding: EngineBinding, settings: Settings) -> EngineClient:
+    # Imported here so the API (and remote mode) start without torch being imported.
+    if binding.kind == "remote":
+        from vlmserve.engine.remote.engine import RemoteEngine
+
+        return RemoteEngine(binding, settings.remote)
+    from vlmserve.engine.local.engine import LocalEngine
+
+    return LocalEngine(binding, settings.engine)
+
+
+def load_services_catalog(settings: Settings) -> Catalog:
+    catalog = load_catalog(settings.catalog.file)
+    if settings.catalog.model:
+        first = catalog.bindings()[0]
+        catalog = catalog.rebind(
+            EngineBinding(
+                kind="local",
+                model=settings.catalog.model,
+                dtype=settings.engine.dtype if settings.engine.dtype != "auto" else first.dtype,
+                device=settings.engine.device if settings.engine.device != "auto" else first.device,
+            )
+        )
+    return catalog
+
+
+def build_services(
+    settings: Settings,
+    engine_factory: EngineFactory = default_engine_factory,
+    catalog: Catalog | None = None,
+) -> Services:
+    catalog = catalog or load_services_catalog(settings)
+    engines = {binding: engine_factory(binding, settings) for binding in catalog.bindings()}
+    intake = MediaIntake(settings.media)
+    preparer = PromptPreparer(catalog, engines, intake, settings.media)
+    return Services(
+        settings=settings,
+        catalog=catalog,
+        engines=engines,
+        intake=intake,
+        preparer=preparer,
+        chat=ChatService(preparer),
+        tokens=TokenService(preparer),
+        keys=KeyChecker(settings.server.api_keys),
+    )

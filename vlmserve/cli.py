@@ -1,0 +1,114 @@
+"""``vlmserve``: argv → settings → the server or a tool. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vlmserve import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmserve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vlmserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--model", help="bind every catalogue entry to this hub id or directory")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.add_argument("--config", type=Path, help="a TOML settings file")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    models = sub.add_parser("models", help="print the catalogue: limits and engine bindings")
+    models.add_argument("--config", type=Path, help="a TOML settings file")
+    models.add_argument("--model", help="as for serve")
+
+    dummy = sub.add_parser("make-dummy-model", help="write a random-weight model directory offline")
+    dummy.add_argument("path", type=Path)
+    dummy.add_argument("--family", default="idefics3", help="transformers model_type")
+    dummy.add_argument("--shape", default="tiny", help="tiny (tests) or a real model's shape")
+    dummy.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from vlmserve.settings import load_settings
+
+    overrides: dict[str, dict[str, Any]] = {}
+    server = {k: v for k in ("host", "port", "log_level") if (v := getattr(args, k, None))}
+    if server:
+        overrides["server"] = server
+    if getattr(args, "model", None):
+        overrides["catalog"] = {"model": args.model}
+    return load_settings(args.config, **overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vlmserve.api.app import create_app
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        access_log=False,  # TraceMiddleware logs one line per request, with its trace id
+    )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from vlmserve.api.services import load_services_catalog
+
+    catalog = load_services_catalog(_settings(args))
+    for spec in catalog:
+        row = {
+            "id": spec.id,
+            "context_window": spec.context_window,
+            "input_modalities": list(spec.input_modalities),
+            "max_images": spec.max_images,
+            "default_detail": spec.default_detail,
+            "max_image_side": spec.max_image_side,
+            "max_image_bytes": spec.max_image_bytes,
+            "engine": spec.binding.kind,
+            "model": spec.binding.model,
+            "dtype": spec.binding.dtype,
+            "device": spec.binding.device,
+        }
+        print(json.dumps(row))
+    return 0
+
+
+def _make_dummy_model(args: argparse.Namespace) -> int:
+    from vlmserve.engine.local.dummy import make_dummy_model
+
+    try:
+        path = make_dummy_model(args.path, args.family, args.shape, seed=args.seed)
+    except ValueError as exc:
+        print(f"vlmserve make-dummy-model: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"serve": _serve, "models": _models, "make-dummy-model": _make_dummy_model}
+    try:
+        return commands[args.command](args)
+    except (FileNotFoundError, ValueError) as exc:  # bad settings or config file
+        print(f"vlmserve {args.command}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,9 @@
+"""Base model for every wire object: unknown request fields are ignored, as the hosted API does."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)

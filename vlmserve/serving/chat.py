@@ -1,0 +1,108 @@
+"""``ChatService``: a chat request → a running generation, validated before any byte is sent."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from vlmserve.engine.types import (
+    Event,
+    GenerationRequest,
+    PromptUsage,
+    SamplingParams,
+    Started,
+)
+from vlmserve.errors import InternalError, InvalidRequestError, NotSupportedYetError
+from vlmserve.protocol.chat import ChatCompletionRequest
+from vlmserve.serving.prepare import PromptPreparer
+
+DEFAULT_TEMPERATURE = 0.5  # the hosted platform's defaults (reference/step-api.md 2.1)
+DEFAULT_TOP_P = 0.9
+MAX_STOP_SEQUENCES = 16
+
+
+@dataclass(slots=True)
+class ChatRun:
+    """A generation whose prompt was accepted: ``usage`` is known, ``events`` yields the rest."""
+
+    id: str
+    created: int
+    model: str
+    n: int
+    usage: PromptUsage
+    events: AsyncIterator[Event]
+
+    async def aclose(self) -> None:
+        """Stop the generation (client gone); safe to call twice."""
+        await _aclose(self.events)
+
+
+class ChatService:
+    def __init__(self, preparer: PromptPreparer) -> None:
+        self._preparer = preparer
+
+    async def start(self, req: ChatCompletionRequest, tenant: str = "") -> ChatRun:
+        """Validate, prepare media, and start generating; raises before anything is streamed."""
+        _refuse_not_yet_supported(req)
+        sampling = sampling_params(req)
+        prepared = await self._preparer.prepare(req.model, req.messages, tenant)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        generation = GenerationRequest(
+            request_id=request_id,
+            prompt=prepared.prompt,
+            sampling=sampling,
+            tenant=tenant,
+            context_window=prepared.spec.context_window,
+        )
+        events = aiter(prepared.engine.generate(generation))
+        try:
+            first = await anext(events)
+        except BaseException:
+            await _aclose(events)
+            raise
+        if not isinstance(first, Started):
+            await _aclose(events)
+            raise InternalError("the engine did not report the prompt before generating")
+        return ChatRun(request_id, int(time.time()), req.model, sampling.n, first.usage, events)
+
+
+def sampling_params(req: ChatCompletionRequest) -> SamplingParams:
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    if len(stop) > MAX_STOP_SEQUENCES:
+        raise InvalidRequestError(
+            f"stop: at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(stop)}.",
+            param="stop",
+        )
+    if any(not s for s in stop):
+        raise InvalidRequestError("stop: stop sequences must not be empty strings.", param="stop")
+    return SamplingParams(
+        temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
+        top_p=DEFAULT_TOP_P if req.top_p is None else req.top_p,
+        max_tokens=req.max_tokens if req.max_tokens is not None else req.max_completion_tokens,
+        n=req.n or 1,
+        stop=stop,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        seed=req.seed,
+    )
+
+
+def _refuse_not_yet_supported(req: ChatCompletionRequest) -> None:
+    if req.response_format is not None and req.response_format.type != "text":
+        raise NotSupportedYetError(
+            f"response_format: type {req.response_format.type!r} is not supported yet by this "
+            "server; omit response_format or use {'type': 'text'}.",
+            param="response_format",
+        )
+    if req.tools:
+        raise NotSupportedYetError(
+            "tools: tool calls are not supported yet by this server; omit tools.", param="tools"
+        )
+
+
+async def _aclose(events: AsyncIterator[Event]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()

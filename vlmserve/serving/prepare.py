@@ -1,0 +1,75 @@
+"""The steps chat and token counting share: model lookup, rendering, media intake.
+
+Both endpoints go through ``PromptPreparer.prepare`` so ``/v1/token/count`` counts exactly the
+prompt that chat bills.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from vlmserve.catalog.registry import Catalog
+from vlmserve.catalog.spec import EngineBinding, ModelSpec
+from vlmserve.engine.client import EngineClient
+from vlmserve.engine.types import MediaInput, Prompt
+from vlmserve.media.intake import MediaIntake
+from vlmserve.media.types import ImagePolicy
+from vlmserve.protocol.chat import ChatMessageIn
+from vlmserve.serving.render import render_messages
+from vlmserve.settings import MediaSettings
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPrompt:
+    spec: ModelSpec
+    engine: EngineClient
+    prompt: Prompt
+
+
+class PromptPreparer:
+    def __init__(
+        self,
+        catalog: Catalog,
+        engines: Mapping[EngineBinding, EngineClient],
+        intake: MediaIntake,
+        media_settings: MediaSettings,
+    ) -> None:
+        self._catalog = catalog
+        self._engines = engines
+        self._intake = intake
+        self._media_settings = media_settings
+        self._video_models = tuple(spec.id for spec in catalog if spec.accepts_video)
+
+    def lookup(self, model: str) -> tuple[ModelSpec, EngineClient]:
+        spec = self._catalog.get(model)
+        return spec, self._engines[spec.binding]
+
+    async def prepare(
+        self, model: str, messages: Sequence[ChatMessageIn], tenant: str = ""
+    ) -> PreparedPrompt:
+        spec, engine = self.lookup(model)
+        rendered = render_messages(messages, spec, self._video_models)
+        media: tuple[MediaInput, ...] = ()
+        if rendered.refs:
+            policy = await self._image_policy(spec, engine)
+            images = await self._intake.prepare_images(rendered.image_refs, policy, owner=tenant)
+            media = tuple(MediaInput("image", (img.image,), img.identity) for img in images)
+        return PreparedPrompt(spec, engine, Prompt(rendered.messages, media))
+
+    async def _image_policy(self, spec: ModelSpec, engine: EngineClient) -> ImagePolicy:
+        edges = (await engine.health()).image_edges
+        return ImagePolicy(
+            max_images=spec.max_images,
+            max_side=spec.max_image_side,
+            max_total_bytes=spec.max_image_bytes,
+            default_detail=spec.default_detail,
+            low_longest_edge=edges[0] if edges else None,
+            high_longest_edge=edges[1] if edges else None,
+            downscale_oversized=self._media_settings.downscale_oversized,
+        )
+
+    async def context_window(self, spec: ModelSpec, engine: EngineClient) -> int:
+        """The window a client can rely on: the smaller of the catalogue's and the model's."""
+        model_len = (await engine.health()).max_model_len
+        return min(spec.context_window, model_len) if model_len else spec.context_window
