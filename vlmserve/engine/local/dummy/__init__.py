@@ -1,0 +1,14 @@
+"""Offline dummy models: ``make_dummy_model(path, family, shape)`` writes a complete Hugging Face
+model directory with random weights, a tokenizer built offline and the real chat template.
+
+Families (transformers ``model_type``) and their shapes:
+
+- ``idefics3`` (SmolVLM): ``tiny``, ``smolvlm-256m``
+- ``qwen2_vl`` (Qwen2-VL): ``tiny``, ``qwen2-vl-2b``
+"""
+
+from __future__ import annotations
+
+from vlmserve.engine.local.dummy.build import FAMILIES, SHAPES, make_dummy_model
+
+__all__ = ["FAMILIES", "SHAPES", "make_dummy_model"]
