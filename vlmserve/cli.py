@@ -71,9 +71,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from vlmserve.api.services import load_services_catalog
+    from vlmserve.catalog.registry import catalog_from_settings
 
-    catalog = load_services_catalog(_settings(args))
+    settings = _settings(args)
+    catalog = catalog_from_settings(settings.catalog, settings.engine)
     for spec in catalog:
         row = {
             "id": spec.id,

@@ -42,9 +42,7 @@ def param_of(loc: Sequence[int | str]) -> str | None:
     for segment in loc[1:] if loc and loc[0] == "body" else loc:
         if isinstance(segment, int):
             parts.append(f"[{segment}]")
-        elif _is_union_label(segment, previous):
-            continue
-        else:
+        elif not _is_union_label(segment, previous):
             parts.append(("." if parts else "") + segment)
         previous = segment
     return "".join(parts) or None
@@ -69,14 +67,24 @@ def validation_error(errors: Sequence[Any]) -> InvalidRequestError:
         return InvalidRequestError(f"The request body is not valid JSON: {reason}.")
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") == "missing":
         return InvalidRequestError("The request body is missing: send a JSON object.")
-    messages = []
-    for err in errors[:3]:
-        param = param_of(err.get("loc", ()))
-        messages.append(f"{param or 'body'}: {err['msg']}")
-    more = f" (and {len(errors) - 3} more problems)" if len(errors) > 3 else ""
+    specific = _most_specific([(param_of(e.get("loc", ())), e["msg"]) for e in errors])
+    messages = [f"{param or 'body'}: {msg}" for param, msg in specific[:3]]
+    more = f" (and {len(specific) - 3} more problems)" if len(specific) > 3 else ""
     return InvalidRequestError(
-        "Invalid request: " + "; ".join(messages) + more + ".", param=param_of(first.get("loc", ()))
+        "Invalid request: " + "; ".join(messages) + more + ".", param=specific[0][0]
     )
+
+
+def _most_specific(found: list[tuple[str | None, str]]) -> list[tuple[str | None, str]]:
+    """Drop a union branch's complaint ("should be a valid string") when another branch of the
+    same field went deeper (``content[0].image_url: Field required``): that one says what to fix."""
+    params = [p or "" for p, _ in found]
+    keep = [
+        (p, msg)
+        for p, msg in found
+        if not any(other != (p or "") and other.startswith(p or "") for other in params)
+    ]
+    return list(dict.fromkeys(keep)) or found
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vlmserve.api.auth import KeyChecker
-from vlmserve.catalog.registry import Catalog, load_catalog
+from vlmserve.catalog.registry import Catalog, catalog_from_settings
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.client import EngineClient
 from vlmserve.media.intake import MediaIntake
@@ -56,27 +56,12 @@ def default_engine_factory(binding: EngineBinding, settings: Settings) -> Engine
     return LocalEngine(binding, settings.engine)
 
 
-def load_services_catalog(settings: Settings) -> Catalog:
-    catalog = load_catalog(settings.catalog.file)
-    if settings.catalog.model:
-        first = catalog.bindings()[0]
-        catalog = catalog.rebind(
-            EngineBinding(
-                kind="local",
-                model=settings.catalog.model,
-                dtype=settings.engine.dtype if settings.engine.dtype != "auto" else first.dtype,
-                device=settings.engine.device if settings.engine.device != "auto" else first.device,
-            )
-        )
-    return catalog
-
-
 def build_services(
     settings: Settings,
     engine_factory: EngineFactory = default_engine_factory,
     catalog: Catalog | None = None,
 ) -> Services:
-    catalog = catalog or load_services_catalog(settings)
+    catalog = catalog or catalog_from_settings(settings.catalog, settings.engine)
     engines = {binding: engine_factory(binding, settings) for binding in catalog.bindings()}
     intake = MediaIntake(settings.media)
     preparer = PromptPreparer(catalog, engines, intake, settings.media)

@@ -11,6 +11,7 @@ from typing import Any
 
 from vlmserve.catalog.spec import EngineBinding, ModelSpec
 from vlmserve.errors import ModelNotFoundError
+from vlmserve.settings import CatalogSettings, EngineSettings
 
 
 class CatalogError(ValueError):
@@ -86,3 +87,19 @@ def _spec(entry: Mapping[str, Any], default_binding: Mapping[str, Any], source: 
         return ModelSpec(**fields, binding=EngineBinding(**binding))
     except TypeError as exc:
         raise CatalogError(f"{source}: model {entry.get('id')!r}: {exc}") from exc
+
+
+def catalog_from_settings(catalog: CatalogSettings, engine: EngineSettings) -> Catalog:
+    """The catalogue to serve: the file (or built-in one), rebound to ``catalog.model`` if set."""
+    loaded = load_catalog(catalog.file)
+    if not catalog.model:
+        return loaded
+    first = loaded.bindings()[0]
+    return loaded.rebind(
+        EngineBinding(
+            kind="local",
+            model=catalog.model,
+            dtype=engine.dtype if engine.dtype != "auto" else first.dtype,
+            device=engine.device if engine.device != "auto" else first.device,
+        )
+    )

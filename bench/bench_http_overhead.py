@@ -1,0 +1,185 @@
+"""HTTP layer overhead (issue 2): a 1-token completion through the server vs the same call made
+directly on the engine in-process, same dummy model, same run. Run by hand:
+
+    .venv/bin/python bench/bench_http_overhead.py --requests 300 --rounds 5
+
+Two pairs are measured, interleaved round by round so machine noise hits both sides alike:
+- ``local``: the tiny idefics3 dummy model in the LocalEngine (server = a ``vlmserve serve`` process);
+- ``fake``: the zero-compute FakeEngine (server = the same app in a uvicorn process), which isolates
+  what the HTTP layer itself adds.
+Reported: p50 / p99 per side and the added latency (server - direct), medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.conftest import free_port  # noqa: E402
+from tests.fakes import FakeEngine  # noqa: E402
+from vlmserve.catalog.spec import EngineBinding  # noqa: E402
+from vlmserve.engine.client import EngineClient  # noqa: E402
+from vlmserve.engine.types import (  # noqa: E402
+    GenerationRequest,
+    Message,
+    Prompt,
+    SamplingParams,
+    TextPart,
+)
+from vlmserve.settings import EngineSettings  # noqa: E402
+
+BODY = {
+    "model": "step-1o-turbo-vision",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 1,
+    "temperature": 0,
+}
+FAKE_APP = """
+import uvicorn
+from tests.fakes import FakeEngine, fake_factory
+from vlmserve.api.app import create_app
+from vlmserve.api.services import build_services
+from vlmserve.settings import Settings
+settings = Settings(server={"log_level": "warning"})
+app = create_app(settings, build_services(settings, fake_factory(FakeEngine())))
+uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning", access_log=False)
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def timed(n: int, call: Callable[[], Awaitable[None]]) -> list[float]:
+    for _ in range(max(5, n // 10)):  # warm-up
+        await call()
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def direct_call(engine: EngineClient) -> Callable[[], Awaitable[None]]:
+    prompt = Prompt((Message("user", (TextPart("hi"),)),))
+    sampling = SamplingParams(temperature=0.0, max_tokens=1)
+    counter = iter(range(10**9))
+
+    async def call() -> None:
+        request = GenerationRequest(f"bench-{next(counter)}", prompt, sampling, context_window=32768)
+        async for _ in engine.generate(request):
+            pass
+
+    return call
+
+
+def http_call(client: httpx.AsyncClient) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        resp = await client.post("/v1/chat/completions", json=BODY)
+        resp.raise_for_status()
+
+    return call
+
+
+def start_server(cmd: list[str], port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLMSERVE_SERVER__LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+async def wait_ready(engine: EngineClient) -> None:
+    await engine.start()
+    while not (await engine.health()).ready:
+        await asyncio.sleep(0.1)
+
+
+async def measure_pair(
+    name: str, engine: EngineClient, server_cmd: list[str], port: int, n: int, rounds: int
+) -> dict[str, float]:
+    await wait_ready(engine)
+    proc = start_server(server_cmd, port)
+    direct_p50, server_p50, direct_p99, server_p99, added = [], [], [], [], []
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            for _ in range(rounds):
+                d = await timed(n, direct_call(engine))
+                s = await timed(n, http_call(client))
+                direct_p50.append(percentile(d, 0.5))
+                server_p50.append(percentile(s, 0.5))
+                direct_p99.append(percentile(d, 0.99))
+                server_p99.append(percentile(s, 0.99))
+                added.append(percentile(s, 0.5) - percentile(d, 0.5))
+    finally:
+        proc.terminate()
+        proc.wait()
+        await engine.close()
+    med = statistics.median
+    row = {
+        "direct_p50": med(direct_p50),
+        "direct_p99": med(direct_p99),
+        "server_p50": med(server_p50),
+        "server_p99": med(server_p99),
+        "added_p50": med(added),
+        "added_p99": med(server_p99) - med(direct_p99),
+    }
+    print(name, {k: round(v, 3) for k, v in row.items()}, flush=True)
+    return row
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model", type=Path, help="a dummy model dir (default: build tiny idefics3)")
+    args = parser.parse_args()
+
+    port = free_port()
+    fake_cmd = [sys.executable, "-c", FAKE_APP.replace("PORT", str(port))]
+    rows = {"fake": await measure_pair("fake", FakeEngine(), fake_cmd, port, args.requests, args.rounds)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            from vlmserve.engine.local.dummy import make_dummy_model
+
+            model = make_dummy_model(Path(tmp) / "tiny", "idefics3", "tiny")
+        from vlmserve.engine.local.engine import LocalEngine
+
+        engine = LocalEngine(EngineBinding(model=str(model)), EngineSettings())
+        port = free_port()
+        cmd = [sys.executable, "-m", "vlmserve", "serve", "--model", str(model), "--port", str(port)]
+        rows["local"] = await measure_pair("local", engine, cmd, port, args.requests, args.rounds)
+
+    print("\n| engine | direct p50 ms | direct p99 ms | server p50 ms | server p99 ms | added p50 ms | added p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r['direct_p50']:.3f} | {r['direct_p99']:.3f} | {r['server_p50']:.3f} | "
+            f"{r['server_p99']:.3f} | {r['added_p50']:.3f} | {r['added_p99']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,70 @@
+"""Real ``vlmserve serve`` processes on loopback ports, over tiny dummy models of two families."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+FAMILIES = ("idefics3", "qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def dummy_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from vlmserve.engine.local.dummy import make_dummy_model
+
+    root = tmp_path_factory.mktemp("models")
+    return {family: make_dummy_model(root / family, family, "tiny") for family in FAMILIES}
+
+
+class ServerProcess:
+    def __init__(self, model: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLMSERVE_MEDIA__ALLOW_LOOPBACK": "true"}
+        env.update(extra_env or {})
+        cmd = [sys.executable, "-m", "vlmserve", "serve", "--model", str(model)]
+        cmd += ["--port", str(self.port), "--log-level", "warning"]
+        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+
+    @property
+    def api(self) -> str:
+        return self.base_url + "/v1"
+
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            try:
+                if httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def server(request: pytest.FixtureRequest, dummy_models: dict[str, Path]) -> Iterator[ServerProcess]:
+    proc = ServerProcess(dummy_models[request.param])
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
