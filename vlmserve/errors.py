@@ -19,6 +19,7 @@ same request may succeed later (so clients can back off instead of giving up).
     ├── InternalError                500 internal_error             (a bug)
     ├── UpstreamError                502 upstream_error             (retryable)
     ├── OverloadedError              503 overloaded / model_loading (retryable)
+    │   └── UpstreamOverloadedError  503 overloaded, with the replicas' Retry-After hint
     └── TimeoutError_                504 timeout                    (retryable)
 """
 
@@ -119,3 +120,18 @@ class TimeoutError_(VlmserveError):  # noqa: N801 - the builtin name is taken
     type = "server_error"
     code = "timeout"
     retryable = True
+
+
+class UpstreamOverloadedError(OverloadedError):
+    """The remote replicas answered 429/503; ``retry_after_s`` is their ``Retry-After`` hint."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after_s = retry_after_s

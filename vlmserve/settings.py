@@ -58,6 +58,32 @@ class CatalogSettings(_Frozen):
     model: str | None = None  # binds every catalogue entry to this hub id or directory
 
 
+class RemoteEngineSettings(_Frozen):
+    """The remote engine: OpenAI-compatible replicas (vLLM, SGLang, another vlmserve)."""
+
+    connect_timeout_s: float = Field(3.0, gt=0)
+    # Longest silence allowed while waiting for the next byte (first token included) → 504.
+    read_timeout_s: float = Field(120.0, gt=0)
+    max_connections: int = Field(512, ge=1)  # per engine, all replicas together
+    max_keepalive_connections: int = Field(64, ge=0)
+    health_interval_s: float = Field(5.0, gt=0)
+    health_timeout_s: float = Field(2.0, gt=0)
+    # "affinity": consistent hashing with bounded load on conversation identity (prefix-cache
+    # friendly); "round_robin" and "least_outstanding" exist as baselines.
+    routing: Literal["affinity", "round_robin", "least_outstanding"] = "affinity"
+    load_factor: float = Field(1.25, ge=1.0)  # c of the bounded-load rule
+    routing_images: int = Field(2, ge=0)  # how many leading images name a conversation
+    virtual_nodes: int = Field(160, ge=1)  # points per replica on the hash ring
+    retries: int = Field(1, ge=0, le=3)  # other replicas tried before anything was streamed
+    image_encoding: Literal["auto", "jpeg", "png"] = "auto"
+    jpeg_quality: int = Field(90, ge=50, le=100)
+    encode_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)  # data-URL cache across turns
+    # Ask for usage on every chunk (vLLM/SGLang ``continuous_usage_stats``): exact prompt tokens
+    # at the first chunk; turn off for upstreams that reject unknown ``stream_options``.
+    continuous_usage: bool = True
+    api_key: str = ""  # sent as a bearer token to the replicas (vLLM ``--api-key``)
+
+
 class StorageSettings(_Frozen):
     data_dir: Path = Path("~/.local/share/vlmserve")
 
@@ -75,6 +101,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     catalog: CatalogSettings = CatalogSettings()
     storage: StorageSettings = StorageSettings()
+    remote: RemoteEngineSettings = RemoteEngineSettings()
 
     @classmethod
     def settings_customise_sources(

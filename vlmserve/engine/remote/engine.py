@@ -1,0 +1,360 @@
+"""``RemoteEngine``: the ``EngineClient`` over HTTP to OpenAI-compatible replicas.
+
+One pooled ``httpx.AsyncClient`` (HTTP/1.1 keep-alive) serves every replica. A request is routed
+(``router``), sent as a streaming chat completion (``payload``), and the upstream's chunks are
+re-emitted as our events (``stream``). A replica that fails before anything was streamed is
+replaced once by another (``RemoteEngineSettings.retries``); after the first event, failures
+surface as errors, because the client already holds part of an answer.
+
+Prompt usage (``Started``) comes, in this order of preference, from
+1. the upstream's usage on its first chunk (we ask for ``continuous_usage_stats``: vLLM and SGLang
+   report the exact prompt tokens there, before any text);
+2. the ``token_counter`` given at construction (the model's own processor, loaded locally);
+3. the upstream's final usage: the events are then held back until the stream ends, because a
+   wrong count would be billed; an upstream that reports no usage at all fails the request.
+``cached_tokens`` is usually known only at the end (vLLM reports it in its last chunk): the last
+``Finished`` carries the final ``PromptUsage``, which supersedes ``Started.usage``.
+
+``count_tokens`` uses the ``token_counter`` when there is one, else asks a replica's ``/tokenize``
+(vLLM's, at the server root); an upstream without it gets a clear 400 that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+
+import httpx
+
+from vlmserve.catalog.spec import EngineBinding
+from vlmserve.engine.remote import router
+from vlmserve.engine.remote.failures import (
+    can_fail_over,
+    error_for_status,
+    is_unreachable,
+    map_upstream_errors,
+)
+from vlmserve.engine.remote.payload import (
+    ImageEncoder,
+    build_payload,
+    to_json_bytes,
+    tokenize_payload,
+)
+from vlmserve.engine.remote.pool import Replica, ReplicaPool
+from vlmserve.engine.remote.stream import DONE, StreamState, parse_chunk, sse_data
+from vlmserve.engine.types import (
+    EngineHealth,
+    Event,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    Prompt,
+    PromptUsage,
+    Started,
+)
+from vlmserve.errors import (
+    ContextLengthError,
+    NotSupportedYetError,
+    OverloadedError,
+    UpstreamError,
+    VlmserveError,
+)
+from vlmserve.settings import RemoteEngineSettings
+
+log = logging.getLogger("vlmserve.engine.remote")
+
+TokenCounter = Callable[[Prompt], Awaitable[PromptUsage]]
+_JSON = {"content-type": "application/json"}
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One try of one request on one replica."""
+
+    replica: Replica
+    response: httpx.Response | None = None
+    has_yielded: bool = False
+
+
+class RemoteEngine:
+    def __init__(
+        self,
+        binding: EngineBinding,
+        settings: RemoteEngineSettings,
+        *,
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        if binding.kind != "remote" or not binding.upstreams:
+            raise ValueError("a remote engine needs a binding with kind='remote' and upstreams")
+        self.model = binding.upstream_model or binding.model
+        self.settings = settings
+        self.pool = ReplicaPool(binding.upstreams, self.model, settings.health_timeout_s)
+        self._ring = router.HashRing([r.url for r in self.pool.replicas], settings.virtual_nodes)
+        self._turns = itertools.count()
+        self._encoder = ImageEncoder(
+            settings.image_encoding, settings.jpeg_quality, settings.encode_cache_bytes
+        )
+        self._token_counter = token_counter
+        self._client: httpx.AsyncClient | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._running: dict[str, _Attempt] = {}
+        self._aborted: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        s = self.settings
+        headers = {"authorization": f"Bearer {s.api_key}"} if s.api_key else None
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(s.read_timeout_s, connect=s.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=s.max_connections,
+                max_keepalive_connections=s.max_keepalive_connections,
+            ),
+        )
+        self._health_task = asyncio.create_task(
+            self.pool.run_health_checks(self._client, s.health_interval_s)
+        )
+
+    async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._health_task
+            self._health_task = None
+        for request_id in list(self._running):
+            await self.abort(request_id)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def health(self) -> EngineHealth:
+        ready = self._client is not None and any(r.is_up for r in self.pool.replicas)
+        return EngineHealth(ready, self.pool.summary(), max_model_len=self.pool.max_model_len())
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        client = self._require_client()
+        body = await self._encode(request)
+        key = router.conversation_key(request, self.model, self.settings.routing_images)
+        tried: list[Replica] = []
+        error: VlmserveError | None = None
+        while len(tried) <= self.settings.retries:
+            replica = self.choose(key, exclude=tried)
+            if replica is None:
+                break
+            tried.append(replica)
+            attempt = _Attempt(replica)
+            try:
+                async for event in self._attempt(client, request, body, attempt):
+                    attempt.has_yielded = True
+                    yield event
+                return
+            except VlmserveError as exc:
+                if is_unreachable(exc):
+                    self.pool.mark_down(replica, exc.message)
+                if attempt.has_yielded or not can_fail_over(exc):
+                    raise
+                log.warning("request %s failed on %s: %s", request.request_id, replica.url, exc)
+                error = exc
+            finally:
+                self._aborted.discard(request.request_id)
+        raise error or UpstreamError(f"No replica of model {self.model} could take the request.")
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, request: GenerationRequest, body: bytes, attempt: _Attempt
+    ) -> AsyncIterator[Event]:
+        url = f"{attempt.replica.url}/chat/completions"
+        with self.pool.track(attempt.replica), map_upstream_errors(attempt.replica.url):
+            async with client.stream("POST", url, content=body, headers=_JSON) as response:
+                if response.status_code != 200:
+                    raw = await response.aread()
+                    raise error_for_status(
+                        response.status_code, raw, response.headers, attempt.replica.url
+                    )
+                attempt.response = response
+                self._running[request.request_id] = attempt
+                try:
+                    async for event in self._events(request, attempt):
+                        yield event
+                finally:
+                    self._running.pop(request.request_id, None)
+
+    async def _events(self, request: GenerationRequest, attempt: _Attempt) -> AsyncIterator[Event]:
+        assert attempt.response is not None
+        state = StreamState(request.sampling.n, attempt.replica.url)
+        held: list[Event] = []  # deltas waiting for the prompt usage
+        started = False
+        try:
+            async for data in sse_data(attempt.response.aiter_lines()):
+                if data == DONE:
+                    break
+                held.extend(state.feed(parse_chunk(data, attempt.replica.url)))
+                if not started:
+                    usage = state.prompt_usage or await self._count_locally(request.prompt)
+                    if usage is None:
+                        continue
+                    yield self._started(request, usage, state)
+                    started = True
+                for event in held:
+                    yield event
+                held.clear()
+                if state.is_cut_short:
+                    break
+        except (httpx.HTTPError, httpx.StreamError):
+            if request.request_id not in self._aborted:
+                raise
+            for i, reason in enumerate(state.reasons):
+                if reason is None:
+                    yield Finished(i, FinishReason.ABORT)
+            return
+        if not started:
+            if state.prompt_usage is None:
+                raise UpstreamError(
+                    f"The model server {attempt.replica.url} reported no token usage; run a server "
+                    "that honours stream_options.include_usage, or give vlmserve the model's "
+                    "processor files so it can count tokens itself."
+                )
+            yield self._started(request, state.prompt_usage, state)
+        for event in [*held, *state.finish()]:
+            yield event
+
+    def _started(self, request: GenerationRequest, usage: PromptUsage, state: StreamState) -> Event:
+        """``Started``, after checking the prompt against the catalogue's context window."""
+        window = request.context_window
+        if window is not None:
+            room = window - usage.prompt_tokens
+            if room <= 0:
+                raise ContextLengthError(
+                    f"The prompt has {usage.prompt_tokens} tokens (images included) but the "
+                    f"model's context window is {window} tokens, which leaves no room for an "
+                    "answer; shorten the conversation or send fewer or smaller images.",
+                    param="messages",
+                )
+            state.budget = room
+        return Started(usage)
+
+    async def _count_locally(self, prompt: Prompt) -> PromptUsage | None:
+        return None if self._token_counter is None else await self._token_counter(prompt)
+
+    async def _encode(self, request: GenerationRequest) -> bytes:
+        def encode() -> bytes:
+            payload = build_payload(
+                request, self.model, self._encoder, self.settings.continuous_usage
+            )
+            return to_json_bytes(payload)
+
+        # Image encoding is CPU work: keep it off the event loop.
+        return await asyncio.to_thread(encode) if request.prompt.media else encode()
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def choose(self, key: bytes, exclude: list[Replica] | None = None) -> Replica | None:
+        """The replica for a request with routing ``key``; None when every one was excluded."""
+        replicas = self.pool.replicas
+        allowed = [r not in (exclude or ()) for r in replicas]
+        if not any(allowed):
+            return None
+        available = [a and r.is_up for a, r in zip(allowed, replicas, strict=True)]
+        if not any(available):
+            available = allowed  # health may be stale: a request is a probe, too
+        loads = [r.num_outstanding for r in replicas]
+        live = [i for i, ok in enumerate(available) if ok]
+        policy = self.settings.routing
+        if policy == "round_robin":
+            index = router.round_robin(live, next(self._turns))
+        elif policy == "least_outstanding":
+            index = router.least_outstanding(live, loads)
+        else:
+            preference = self._ring.preference(key)
+            index = router.choose_bounded(preference, loads, available, self.settings.load_factor)
+        return replicas[index]
+
+    # -- abort and token counting ----------------------------------------------------------
+
+    async def abort(self, request_id: str) -> None:
+        attempt = self._running.get(request_id)
+        if attempt is None or attempt.response is None:
+            return
+        self._aborted.add(request_id)
+        await attempt.response.aclose()
+
+    async def count_tokens(self, prompt: Prompt) -> PromptUsage:
+        if self._token_counter is not None:
+            return await self._token_counter(prompt)
+        client = self._require_client()
+        body = await asyncio.to_thread(
+            lambda: to_json_bytes(tokenize_payload(prompt, self.model, self._encoder))
+        )
+        key = router.conversation_key(
+            GenerationRequest("count", prompt), self.model, self.settings.routing_images
+        )
+        tried: list[Replica] = []
+        error: VlmserveError | None = None
+        while len(tried) <= self.settings.retries:
+            replica = self.choose(key, exclude=tried)
+            if replica is None:
+                break
+            tried.append(replica)
+            try:
+                return await self._tokenize(client, replica, body)
+            except VlmserveError as exc:
+                if is_unreachable(exc):
+                    self.pool.mark_down(replica, exc.message)
+                if not can_fail_over(exc):
+                    raise
+                error = exc
+        raise error or UpstreamError(f"No replica of model {self.model} could count tokens.")
+
+    async def _tokenize(
+        self, client: httpx.AsyncClient, replica: Replica, body: bytes
+    ) -> PromptUsage:
+        url = f"{server_root(replica.url)}/tokenize"
+        with self.pool.track(replica), map_upstream_errors(replica.url):
+            response = await client.post(url, content=body, headers=_JSON)
+            raw = await response.aread()
+        if response.status_code in (404, 405):
+            raise NotSupportedYetError(
+                f"Token counting is not available for model {self.model}: its model server has "
+                "no /tokenize endpoint. Serve it with vLLM, or give vlmserve the model's "
+                "processor files so it counts tokens itself.",
+                code="token_count_unavailable",
+            )
+        if response.status_code != 200:
+            raise error_for_status(response.status_code, raw, response.headers, replica.url)
+        count = _count_of(raw)
+        if count is None:
+            raise UpstreamError(
+                f"The model server {replica.url} answered /tokenize without a count."
+            )
+        return PromptUsage(prompt_tokens=count)
+
+    def _require_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise OverloadedError(
+                f"The remote engine for {self.model} is not started yet; retry shortly.",
+                code="model_loading",
+            )
+        return self._client
+
+
+def _count_of(raw: bytes) -> int | None:
+    try:
+        count = json.loads(raw).get("count")
+    except (ValueError, AttributeError):
+        return None
+    return count if isinstance(count, int) else None
+
+
+def server_root(base_url: str) -> str:
+    """``http://h:8000/v1`` → ``http://h:8000`` (vLLM serves /tokenize and /health there)."""
+    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
