@@ -9,8 +9,9 @@ same request may succeed later (so clients can back off instead of giving up).
     │   ├── ModelNotFoundError       400 model_not_found            (param: model)
     │   ├── UnsupportedContentError  400 unsupported_content_type
     │   ├── ContextLengthError       400 context_length_exceeded    (param: messages)
-    │   ├── MediaError               400 invalid_image / media_fetch_failed / ...
-    │   │   └── TooManyImagesError   400 too_many_images            (param: messages)
+    │   ├── MediaError               400 invalid_media / invalid_image / image_too_large / ...
+    │   │   ├── TooManyImagesError   400 too_many_images            (param: messages)
+    │   │   └── MediaFetchError      400 media_fetch_failed         (retryable when upstream failed)
     │   └── NotSupportedYetError     400 unsupported_parameter
     ├── AuthenticationError          401 invalid_api_key
     ├── NotFoundError                404 not_found
@@ -135,3 +136,14 @@ class UpstreamOverloadedError(OverloadedError):
     ) -> None:
         super().__init__(message, param=param, code=code)
         self.retry_after_s = retry_after_s
+
+
+class MediaFetchError(MediaError):
+    """A remote image could not be fetched; ``retryable`` when the upstream timed out or failed
+    (5xx), so the same request may succeed later. Still a 400: the client chose the URL."""
+
+    code = "media_fetch_failed"
+
+    def __init__(self, message: str, *, param: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message, param=param)
+        self.retryable = retryable

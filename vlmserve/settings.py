@@ -45,6 +45,12 @@ class MediaSettings(_Frozen):
     background_rgb: tuple[int, int, int] = (255, 255, 255)  # transparency composited on this
     workers: int = Field(4, ge=1, le=64)  # bounded thread pool for decoding and resizing
     cache_bytes: int = Field(512 * 1024 * 1024, ge=0)  # decoded-image cache (content addressed)
+    fetch_total_timeout_s: float = Field(30.0, gt=0)  # whole fetch, redirects included
+    # Decompression-bomb guard, checked from the header before decoding (any image, any setting).
+    max_pixels: int = Field(64_000_000, gt=0)
+    # A JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT domain) when that scale is at most this
+    # fraction below the target size; the small gap is closed by resampling. 0: never undershoot.
+    jpeg_draft_slack: float = Field(0.03, ge=0.0, le=0.1)
 
 
 class EngineSettings(_Frozen):

@@ -1,0 +1,27 @@
+"""The identity of an image: a hash of its canonical pixels.
+
+Canonical pixels are the model-ready ones: oriented, metadata dropped, sRGB, RGB, at the size the
+policy chose. So a re-encoded (losslessly) or metadata-edited copy is the same image, and every
+cache keyed on the identity (decoded images, vision-encoder outputs, prefix-cache blocks, replica
+routing) sees exactly the pixel array the model sees; the same picture at another ``detail`` is
+another identity, because the encoder sees other pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from PIL import Image
+
+_DOMAIN = b"vlmserve.image.v1"
+
+
+def image_identity(im: Image.Image) -> str:
+    """Hex blake2b-256 of (mode, size, pixels); every field is length-framed so no two
+    different images can serialize to the same bytes."""
+    digest = hashlib.blake2b(digest_size=32, person=b"vlmserve-img")
+    for field in (_DOMAIN, im.mode.encode(), f"{im.size[0]}x{im.size[1]}".encode()):
+        digest.update(len(field).to_bytes(4, "little"))
+        digest.update(field)
+    digest.update(im.tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,269 @@
+"""``MediaIntake``: the media references of one request → model-ready images, in order.
+
+Limits first (image count over the whole history, bytes of all images), then each image is
+resolved (data URL, safe fetch, uploaded file), looked up in the content-addressed cache, and
+otherwise prepared on a bounded thread pool; the images of a request run in parallel, identical
+concurrent fetches and decodes run once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from vlmserve.errors import (
+    MediaError,
+    NotFoundError,
+    PayloadTooLargeError,
+    TooManyImagesError,
+    UnsupportedContentError,
+)
+from vlmserve.media.cache import ImageCache, SingleFlight, bytes_key, text_fingerprint
+from vlmserve.media.fetch import Resolver, SafeFetcher
+from vlmserve.media.image import check_supported
+from vlmserve.media.prepare import Sizing, inspect_image, prepare_image, sizing_for
+from vlmserve.media.sources import (
+    DataSource,
+    FileSource,
+    HttpSource,
+    StepFileSource,
+    decode_data,
+    parse_source,
+)
+from vlmserve.media.types import ImagePolicy, MediaRef, PreparedImage
+from vlmserve.settings import MediaSettings
+
+__all__ = ["MediaIntake", "inspect_image"]
+
+T = TypeVar("T")
+_MB = 1024 * 1024
+
+
+class RequestBudget:
+    """Bytes of all images of one request (image files after base64 decoding)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, num_bytes: int, where: str) -> None:
+        self.used += num_bytes
+        if self.used > self.limit:
+            raise PayloadTooLargeError(
+                f"the images of this request add up to more than {_mb(self.limit)} (reached at "
+                f"{where}); all images of a request, history included, may total at most "
+                f"{_mb(self.limit)}. Send fewer or smaller images",
+                param=where.partition("(")[2].rstrip(")") or None,
+            )
+
+
+class _FetchCap:
+    """The byte cap of one download (``fetch.ByteBudget``)."""
+
+    def __init__(self, limit: int, where: str, url: str) -> None:
+        self._limit, self._where, self._url = limit, where, url
+        self._received = 0
+
+    def check(self, num_bytes: int) -> None:
+        if num_bytes > self._limit:
+            raise self._too_large(f"declares {_mb(num_bytes)}")
+
+    def take(self, num_bytes: int) -> None:
+        self._received += num_bytes
+        if self._received > self._limit:
+            raise self._too_large("sent more")
+
+    def _too_large(self, what: str) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"{self._where}: the image at this URL {what} than the {_mb(self._limit)} "
+            "all images of a request may total; send a smaller image",
+            param=_param(self._where),
+        )
+
+
+class MediaIntake:
+    """One per server: the fetcher, the thread pool and the decoded-image cache."""
+
+    def __init__(
+        self,
+        settings: MediaSettings,
+        files: FileSource | None = None,
+        *,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self._settings = settings
+        self._files = files
+        self._fetcher = SafeFetcher(settings, resolver)
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="vlmserve-media")
+        self._cache = ImageCache(settings.cache_bytes)
+        self._prepares: SingleFlight[PreparedImage] = SingleFlight()
+        self._fetches: SingleFlight[bytes] = SingleFlight()
+
+    @property
+    def cache(self) -> ImageCache:
+        return self._cache
+
+    async def prepare_images(
+        self, refs: Sequence[MediaRef], policy: ImagePolicy, owner: str = ""
+    ) -> list[PreparedImage]:
+        """The images of ``refs`` (the whole history, in order), prepared under ``policy``.
+
+        Raises ``TooManyImagesError`` (count), ``PayloadTooLargeError`` (bytes of all images),
+        ``MediaFetchError`` / ``MediaError`` / ``UnsupportedContentError`` (one image; ``param``
+        is its ``position``). Nothing is substituted: any failing image fails the request.
+        """
+        _check_kinds(refs)
+        _check_count(refs, policy)
+        budget = RequestBudget(policy.max_total_bytes)
+        tasks = [asyncio.create_task(self._prepare_one(r, policy, owner, budget)) for r in refs]
+        return await _in_order(tasks)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._cache.clear()
+
+    async def _prepare_one(
+        self, ref: MediaRef, policy: ImagePolicy, owner: str, budget: RequestBudget
+    ) -> PreparedImage:
+        where = f"image {ref.ordinal} ({ref.position})"
+        try:
+            sizing = sizing_for(policy, ref.detail, self._settings)
+            source = parse_source(ref.url, where)
+            if isinstance(source, DataSource):
+                return await self._from_data(source, sizing, where, budget)
+            data = await self._read(source, where, owner, policy)
+            budget.take(len(data), where)
+            return await self._from_bytes(data, sizing, where)
+        except MediaError as exc:
+            exc.param = exc.param or ref.position
+            raise
+        except (UnsupportedContentError, PayloadTooLargeError) as exc:
+            exc.param = exc.param or ref.position
+            raise
+
+    async def _from_data(
+        self, source: DataSource, sizing: Sizing, where: str, budget: RequestBudget
+    ) -> PreparedImage:
+        budget.take(source.num_bytes, where)
+        key = ("data", text_fingerprint(source.payload), sizing)
+        cached = self._cache.get(key, source.payload)
+        if cached is not None:
+            return cached
+
+        async def work() -> PreparedImage:
+            prepared = await self._run(_decode_and_prepare, source, sizing, where)
+            self._cache.put(key, prepared, source.payload)
+            return prepared
+
+        return await self._prepares.run(("data", source.payload, sizing), work)
+
+    async def _from_bytes(self, data: bytes, sizing: Sizing, where: str) -> PreparedImage:
+        key = ("bytes", await self._run(bytes_key, data), sizing)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+
+        async def work() -> PreparedImage:
+            prepared = await self._run(prepare_image, data, sizing, where)
+            self._cache.put(key, prepared)
+            return prepared
+
+        return await self._prepares.run(key, work)
+
+    async def _read(
+        self, source: HttpSource | StepFileSource, where: str, owner: str, policy: ImagePolicy
+    ) -> bytes:
+        if isinstance(source, StepFileSource):
+            return await self._open_file(source, where, owner)
+        cap = policy.max_total_bytes
+
+        async def fetch() -> bytes:
+            return await self._fetcher.fetch(
+                source.url,
+                where,
+                _FetchCap(cap, where, source.url),
+                lambda head: _sniff_or_refuse(head, where),
+            )
+
+        return await self._fetches.run((source.url, cap), fetch)
+
+    async def _open_file(self, source: StepFileSource, where: str, owner: str) -> bytes:
+        if self._files is None:
+            raise MediaError(
+                f"{where}: stepfile:// URLs are not available on this server (no file store); "
+                "send the image as a data URL or an https URL",
+                code="invalid_image_url",
+            )
+        try:
+            return await self._files.open(source.file_id, owner)
+        except (LookupError, NotFoundError):
+            raise MediaError(
+                f"{where}: stepfile://{source.file_id} does not exist or belongs to another "
+                "account; upload the image with POST /v1/files and use the id it returns",
+                code="file_not_found",
+            ) from None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+
+def _decode_and_prepare(source: DataSource, sizing: Sizing, where: str) -> PreparedImage:
+    return prepare_image(decode_data(source, where), sizing, where)
+
+
+def _sniff_or_refuse(head: bytes, where: str) -> None:
+    check_supported(head, where)
+
+
+def _check_kinds(refs: Sequence[MediaRef]) -> None:
+    for ref in refs:
+        if ref.kind != "image":
+            raise UnsupportedContentError(
+                f"{ref.position} is a {ref.kind} part; only image parts are prepared here",
+                param=ref.position,
+            )
+
+
+def _check_count(refs: Sequence[MediaRef], policy: ImagePolicy) -> None:
+    if len(refs) <= policy.max_images:
+        return
+    raise TooManyImagesError(
+        f"this request has {len(refs)} images, but this model accepts at most "
+        f"{policy.max_images} per request. Every image in the whole messages history counts, "
+        "earlier turns included: replace older images by short text descriptions of them (or "
+        "start a new conversation) and send the request again",
+        param="messages",
+    )
+
+
+async def _in_order(tasks: list[asyncio.Task[T]]) -> list[T]:
+    """All results in order; on the first failure, cancel the rest and raise the failure of the
+    earliest image that failed (a stable error for the same request)."""
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        await _cancel(tasks)
+        raise
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+    if failed:
+        await _cancel(tasks)
+        raise failed[0].exception()  # type: ignore[misc]
+    return [t.result() for t in tasks]
+
+
+async def _cancel(tasks: list[asyncio.Task[T]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _mb(num_bytes: int) -> str:
+    return f"{num_bytes / _MB:.4g} MB"
+
+
+def _param(where: str) -> str | None:
+    return where.partition("(")[2].rstrip(")") or None

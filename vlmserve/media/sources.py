@@ -1,0 +1,131 @@
+"""Where an image comes from: parse ``image_url.url`` into a source, decode data URLs strictly.
+
+Three kinds of source: RFC 2397 ``data:`` URLs (base64 only), ``http(s):`` URLs (fetched by
+``fetch.SafeFetcher``), and ``stepfile://ID`` (uploads, read through the ``FileSource`` Protocol
+that ``storage.files`` satisfies; ``api/app.py`` joins the two).
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from vlmserve.errors import MediaError, UnsupportedContentError
+
+# MIME types a data URL may declare; the bytes decide the real format (image.sniff_format).
+DATA_URL_MIME_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "image/gif", "image/webp"})
+_BASE64_CHARS = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_STEPFILE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+class FileSource(Protocol):
+    """Uploaded files, as ``media`` needs them (``storage.files.FileStore`` satisfies it).
+
+    ``open`` returns the whole content of the file ``file_id`` if it exists and belongs to
+    ``owner`` (an empty owner: authentication is off, any file is visible). It raises
+    ``LookupError`` (or ``vlmserve.errors.NotFoundError``) when the id is unknown or belongs to
+    someone else; media turns that into a 400 naming the part. It must not block the event loop.
+    """
+
+    async def open(self, file_id: str, owner: str) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DataSource:
+    mime: str
+    payload: str  # the base64 text, not decoded yet (the cache keys on it without decoding)
+
+    @property
+    def num_bytes(self) -> int:
+        """Length of the decoded bytes, computed from the text alone."""
+        return len(self.payload) * 3 // 4 - len(self.payload) + len(self.payload.rstrip("="))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSource:
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepFileSource:
+    file_id: str
+
+
+Source = DataSource | HttpSource | StepFileSource
+
+
+def parse_source(url: str, where: str) -> Source:
+    """Classify ``url``; ``where`` names it in errors ("image 2 (messages[0].content[1]...)")."""
+    scheme = url[: url.find(":")].lower() if ":" in url[:16] else ""
+    if scheme == "data":
+        return parse_data_url(url, where)
+    if scheme in ("http", "https"):
+        return HttpSource(url)
+    if scheme == "stepfile":
+        return _parse_stepfile(url, where)
+    shown = f"'{scheme}:'" if scheme else "no scheme"
+    raise MediaError(
+        f"{where} has {shown}; use an https:// or http:// URL, a data:image/...;base64 URL, "
+        "or stepfile://FILE_ID of an uploaded file",
+        code="invalid_image_url",
+    )
+
+
+def parse_data_url(url: str, where: str) -> DataSource:
+    """RFC 2397 ``data:[<mime>][;param=value]*;base64,<payload>``; only base64, only images."""
+    head, sep, payload = url.partition(",")
+    if not sep:
+        raise _bad_data_url(where, "it has no ',' between the header and the data")
+    params = [p.strip() for p in head[len("data:") :].split(";")]
+    mime = params[0].lower()
+    if "base64" not in (p.lower() for p in params[1:]):
+        raise _bad_data_url(where, "it is not base64-encoded (add ';base64' and encode the bytes)")
+    if mime not in DATA_URL_MIME_TYPES:
+        shown = f"'{mime}'" if mime else "no MIME type"
+        raise UnsupportedContentError(
+            f"{where} is a data URL with {shown}; images must be JPEG, PNG, GIF or WebP "
+            "(data:image/jpeg;base64,..., image/png, image/gif or image/webp)",
+        )
+    if not payload:
+        raise _bad_data_url(where, "its data is empty")
+    return DataSource(mime="image/jpeg" if mime == "image/jpg" else mime, payload=payload)
+
+
+def decode_data(source: DataSource, where: str) -> bytes:
+    """Strict base64: the standard alphabet, correct padding, no whitespace or line breaks."""
+    try:
+        return binascii.a2b_base64(source.payload, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise _bad_data_url(where, _base64_problem(source.payload)) from None
+
+
+def _base64_problem(payload: str) -> str:
+    if any(c in payload for c in " \t\r\n"):
+        return "its base64 data contains whitespace or line breaks; remove them"
+    if any(c in payload for c in "-_") and not any(c in payload for c in "+/"):
+        return "its data uses the URL-safe base64 alphabet ('-', '_'); use standard base64"
+    if "%" in payload:
+        return "its base64 data is percent-encoded; send it unescaped"
+    if not _BASE64_CHARS.fullmatch(payload):
+        return "its data contains characters outside the base64 alphabet"
+    return "its base64 data is malformed (length not a multiple of 4, or wrong padding)"
+
+
+def _bad_data_url(where: str, why: str) -> MediaError:
+    return MediaError(
+        f"{where} is not a valid data URL: {why}. Expected data:image/png;base64,<data>",
+        code="invalid_image_url",
+    )
+
+
+def _parse_stepfile(url: str, where: str) -> StepFileSource:
+    file_id = url[len("stepfile://") :] if url.lower().startswith("stepfile://") else ""
+    if not _STEPFILE_ID.fullmatch(file_id):
+        raise MediaError(
+            f"{where} is not a valid stepfile URL; expected stepfile://FILE_ID with the id "
+            "returned by POST /v1/files",
+            code="invalid_image_url",
+        )
+    return StepFileSource(file_id)
