@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from vlmserve.engine.local.dummy import FAMILIES, SHAPES, make_dummy_model
+from vlmserve.engine.local.dummy import FAMILIES, FAMILY_SHAPES, SHAPES, make_dummy_model
+from vlmserve.engine.local.dummy.build import disk_size
 from vlmserve.engine.local.dummy.shapes import SHAPES_BY_FAMILY
 
 TWO_TURNS = [
@@ -62,6 +67,24 @@ def test_tiny_model_generates_from_a_two_turn_chat_with_an_image(
     assert out.shape[1] == inputs["input_ids"].shape[1] + 5
 
 
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+def test_tiny_model_stays_tiny(tiny_dirs: dict[str, Path], family: str) -> None:
+    assert disk_size(tiny_dirs[family]) < 8_000_000
+
+
+def test_qwen2_vl_tiny_model_runs_a_video(tiny_dirs: dict[str, Path]) -> None:
+    processor = _processor(tiny_dirs["qwen2_vl"])
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dirs["qwen2_vl"])
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Why?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    video = np.random.default_rng(0).integers(0, 255, (8, 90, 120, 3), dtype=np.uint8)
+    inputs = processor(text=text, videos=[video], return_tensors="pt")
+    num_video_tokens = int((inputs["input_ids"] == model.config.video_token_id).sum())
+    assert 0 < num_video_tokens <= 64
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+
+
 def test_qwen2_vl_template_renders_video_parts(tiny_dirs: dict[str, Path]) -> None:
     processor = _processor(tiny_dirs["qwen2_vl"])
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Hi"}]}]
@@ -82,6 +105,21 @@ def test_tokenizer_round_trips_unicode(tiny_dirs: dict[str, Path], family: str) 
     text = "Hello, 世界! 这是一个测试。 Emoji: 🙂👍🏽🇫🇷 — naïve café\n\ttabs"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == text
+
+
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+def test_tokenizer_round_trips_any_text(tiny_dirs: dict[str, Path], family: str) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[family])
+
+    # Qwen2's tokenizer NFC-normalizes like the real one; byte-level BPE keeps everything else.
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.text(max_size=40))
+    def round_trips(text: str) -> None:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        expected = unicodedata.normalize("NFC", text) if family == "qwen2_vl" else text
+        assert tokenizer.decode(ids) == expected
+
+    round_trips()
 
 
 @pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
@@ -152,3 +190,16 @@ def test_non_empty_target_is_not_overwritten(tmp_path: Path) -> None:
 
 def test_every_family_has_a_tiny_shape() -> None:
     assert all("tiny" in shapes for shapes in SHAPES_BY_FAMILY.values())
+    assert {f: tuple(s) for f, s in SHAPES_BY_FAMILY.items()} == FAMILY_SHAPES
+
+
+def test_real_shapes_copy_the_released_dimensions() -> None:
+    smol = SHAPES_BY_FAMILY["idefics3"]["smolvlm-256m"]
+    assert (smol.text.hidden_size, smol.text.num_hidden_layers, smol.text.vocab_size) == (
+        576,
+        30,
+        49280,
+    )
+    assert smol.image_seq_len == 64  # SmolVLM-256M-Instruct's processor_config.json
+    qwen = SHAPES_BY_FAMILY["qwen2_vl"]["qwen2-vl-2b"]
+    assert (qwen.text.hidden_size, qwen.text.num_hidden_layers, qwen.vision_depth) == (1536, 28, 32)

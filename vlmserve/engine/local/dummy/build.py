@@ -31,6 +31,7 @@ FAMILIES: tuple[str, ...] = tuple(SHAPES_BY_FAMILY)
 SHAPES: tuple[str, ...] = tuple(
     dict.fromkeys(s for shapes in SHAPES_BY_FAMILY.values() for s in shapes)
 )
+FAMILY_SHAPES: dict[str, tuple[str, ...]] = {f: tuple(s) for f, s in SHAPES_BY_FAMILY.items()}
 
 
 def make_dummy_model(path: Path, family: str, shape: str = "tiny", *, seed: int = 0) -> Path:

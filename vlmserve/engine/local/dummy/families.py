@@ -196,7 +196,10 @@ def qwen2_vl_processor(shape: Qwen2VLShape, tokenizer: PreTrainedTokenizerBase) 
         min_pixels=shape.min_pixels, max_pixels=shape.max_pixels, **common
     )
     video_processor = Qwen2VLVideoProcessor(
-        min_pixels=shape.video_min_pixels, max_pixels=shape.video_max_pixels, **common
+        min_pixels=shape.video_min_pixels,
+        max_pixels=shape.video_max_pixels,
+        cap_pixels_per_frame=True,  # qwen-vl-utils' total-pixel budget; transformers' next default
+        **common,
     )
     return Qwen2VLProcessor(
         image_processor=image_processor,
