@@ -17,7 +17,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 
 from vlmserve.engine.local.dummy import FAMILIES, FAMILY_SHAPES, SHAPES, make_dummy_model
 from vlmserve.engine.local.dummy.build import disk_size
-from vlmserve.engine.local.dummy.shapes import SHAPES_BY_FAMILY
+from vlmserve.engine.local.dummy.shapes import IDEFICS3_SHAPES, QWEN2_VL_SHAPES, SHAPES_BY_FAMILY
 
 TWO_TURNS = [
     {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
@@ -194,12 +194,12 @@ def test_every_family_has_a_tiny_shape() -> None:
 
 
 def test_real_shapes_copy_the_released_dimensions() -> None:
-    smol = SHAPES_BY_FAMILY["idefics3"]["smolvlm-256m"]
+    smol = IDEFICS3_SHAPES["smolvlm-256m"]
     assert (smol.text.hidden_size, smol.text.num_hidden_layers, smol.text.vocab_size) == (
         576,
         30,
         49280,
     )
     assert smol.image_seq_len == 64  # SmolVLM-256M-Instruct's processor_config.json
-    qwen = SHAPES_BY_FAMILY["qwen2_vl"]["qwen2-vl-2b"]
+    qwen = QWEN2_VL_SHAPES["qwen2-vl-2b"]
     assert (qwen.text.hidden_size, qwen.text.num_hidden_layers, qwen.vision_depth) == (1536, 28, 32)
