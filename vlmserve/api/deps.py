@@ -9,12 +9,13 @@ from fastapi import Depends, Request
 from vlmserve.api.services import Services
 
 
-def services(request: Request) -> Services:
+# Async on purpose: FastAPI runs a sync dependency in a worker thread, a hop per request.
+async def services(request: Request) -> Services:
     return cast("Services", request.app.state.services)
 
 
-def tenant(request: Request) -> str:
-    return services(request).keys.tenant(request)
+async def tenant(request: Request) -> str:
+    return cast("Services", request.app.state.services).keys.tenant(request)
 
 
 ServicesDep = Annotated[Services, Depends(services)]
