@@ -94,7 +94,6 @@ class SafeFetcher:
             raise MediaFetchError(
                 f"{where}: fetching {_shown(url)} took longer than {total:g} s in total; "
                 "the server is too slow (retryable), or send the image as a data URL",
-                param=where,
                 retryable=True,
             ) from None
 
@@ -110,7 +109,6 @@ class SafeFetcher:
         raise MediaFetchError(
             f"{where}: {_shown(url)} redirects more than {self._settings.max_redirects} times; "
             "give the final URL of the image",
-            param=where,
         )
 
     async def _check(self, url: str, where: str) -> _Hop:
@@ -171,7 +169,6 @@ class SafeFetcher:
             raise MediaFetchError(
                 f"{where}: the host of {_shown(url)} could not be resolved ({exc}); check the "
                 "URL (retryable if the name is right)",
-                param=where,
                 retryable=True,
             ) from None
         found = [a for a in addresses if a is not None]
@@ -229,7 +226,6 @@ def _redirect_target(response: httpcore.Response, url: str, where: str) -> str:
             return urljoin(url, value.decode("latin-1").strip())
     raise MediaFetchError(
         f"{where}: {_shown(url)} answered {response.status} without a Location header",
-        param=where,
     )
 
 
@@ -240,7 +236,6 @@ def _check_status(status: int, where: str, url: str) -> None:
     hint = "the server may recover; retry later" if retryable else "check that the URL is public"
     raise MediaFetchError(
         f"{where}: fetching {_shown(url)} failed with HTTP {status} ({hint})",
-        param=where,
         retryable=retryable,
     )
 
@@ -313,7 +308,7 @@ def map_httpcore_errors(where: str, url: str) -> Iterator[None]:
         if _is_certificate_error(exc):
             raise _failed(where, url, "its TLS certificate is not valid", retryable=False) from None
         raise _failed(where, url, f"the connection failed ({exc})", retryable=True) from None
-    except httpcore.NetworkError as exc:
+    except (httpcore.NetworkError, httpcore.ConnectionNotAvailable) as exc:
         raise _failed(where, url, f"the connection broke ({exc})", retryable=True) from None
     except (httpcore.ProtocolError, httpcore.UnsupportedProtocol, httpcore.ProxyError) as exc:
         raise _failed(where, url, f"the server's answer is not valid HTTP ({exc})", False) from None
@@ -331,7 +326,7 @@ def _is_certificate_error(exc: BaseException) -> bool:
 def _failed(where: str, url: str, why: str, retryable: bool) -> MediaFetchError:
     hint = " (retryable)" if retryable else ""
     return MediaFetchError(
-        f"{where}: fetching {_shown(url)} failed: {why}{hint}", param=where, retryable=retryable
+        f"{where}: fetching {_shown(url)} failed: {why}{hint}", retryable=retryable
     )
 
 
@@ -339,7 +334,6 @@ def _refused(where: str, url: str, why: str) -> MediaFetchError:
     return MediaFetchError(
         f"{where}: {_shown(url)} is refused: {why}. Images are fetched only from public "
         "http(s) addresses; send private images as data URLs or upload them",
-        param=where,
     )
 
 

@@ -112,7 +112,7 @@ def open_image(data: bytes, fmt: str, where: str) -> Image.Image:
     """Parse the header only (no pixels decoded yet)."""
     try:
         return Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt])
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise MediaError(
             f"{where} declares more pixels than this server decodes ({exc}); send a smaller image",
             code="image_too_large",

@@ -56,7 +56,6 @@ class RequestBudget:
                 f"the images of this request add up to more than {_mb(self.limit)} (reached at "
                 f"{where}); all images of a request, history included, may total at most "
                 f"{_mb(self.limit)}. Send fewer or smaller images",
-                param=where.partition("(")[2].rstrip(")") or None,
             )
 
 
@@ -80,7 +79,6 @@ class _FetchCap:
         return PayloadTooLargeError(
             f"{self._where}: the image at this URL {what} than the {_mb(self._limit)} "
             "all images of a request may total; send a smaller image",
-            param=_param(self._where),
         )
 
 
@@ -137,28 +135,25 @@ class MediaIntake:
             data = await self._read(source, where, owner, policy)
             budget.take(len(data), where)
             return await self._from_bytes(data, sizing, where)
-        except MediaError as exc:
-            exc.param = exc.param or ref.position
-            raise
-        except (UnsupportedContentError, PayloadTooLargeError) as exc:
-            exc.param = exc.param or ref.position
+        except (MediaError, UnsupportedContentError, PayloadTooLargeError) as exc:
+            exc.param = ref.position  # the part to fix, whichever layer noticed
             raise
 
     async def _from_data(
         self, source: DataSource, sizing: Sizing, where: str, budget: RequestBudget
     ) -> PreparedImage:
         budget.take(source.num_bytes, where)
-        key = ("data", text_fingerprint(source.payload), sizing)
-        cached = self._cache.get(key, source.payload)
+        key = ("data", text_fingerprint(source.url), sizing)
+        cached = self._cache.get(key, source.url)
         if cached is not None:
             return cached
 
         async def work() -> PreparedImage:
             prepared = await self._run(_decode_and_prepare, source, sizing, where)
-            self._cache.put(key, prepared, source.payload)
+            self._cache.put(key, prepared, source.url)
             return prepared
 
-        return await self._prepares.run(("data", source.payload, sizing), work)
+        return await self._prepares.run(("data", source.url, sizing), work)
 
     async def _from_bytes(self, data: bytes, sizing: Sizing, where: str) -> PreparedImage:
         key = ("bytes", await self._run(bytes_key, data), sizing)
@@ -241,18 +236,28 @@ def _check_count(refs: Sequence[MediaRef], policy: ImagePolicy) -> None:
 
 
 async def _in_order(tasks: list[asyncio.Task[T]]) -> list[T]:
-    """All results in order; on the first failure, cancel the rest and raise the failure of the
-    earliest image that failed (a stable error for the same request)."""
+    """All results in order. On a failure, later images are cancelled and earlier ones finish,
+    so the error reported is always the earliest failing image's (stable for a request)."""
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = _first_failed(tasks)
+        if failed is None:
+            return [t.result() for t in tasks]
+        await _cancel(tasks[failed + 1 :])
+        await asyncio.wait(tasks[:failed] or tasks[failed:])
     except asyncio.CancelledError:
         await _cancel(tasks)
         raise
-    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
-    if failed:
-        await _cancel(tasks)
-        raise failed[0].exception()  # type: ignore[misc]
-    return [t.result() for t in tasks]
+    first = _first_failed(tasks)
+    assert first is not None
+    raise tasks[first].exception()  # type: ignore[misc]
+
+
+def _first_failed(tasks: list[asyncio.Task[T]]) -> int | None:
+    for i, task in enumerate(tasks):
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            return i
+    return None
 
 
 async def _cancel(tasks: list[asyncio.Task[T]]) -> None:
@@ -263,7 +268,3 @@ async def _cancel(tasks: list[asyncio.Task[T]]) -> None:
 
 def _mb(num_bytes: int) -> str:
     return f"{num_bytes / _MB:.4g} MB"
-
-
-def _param(where: str) -> str | None:
-    return where.partition("(")[2].rstrip(")") or None

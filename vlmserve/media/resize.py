@@ -83,9 +83,10 @@ def apply_draft(im: Image.Image, final: Size, slack: float) -> None:
 
 def resample(im: Image.Image, size: Size) -> Image.Image:
     """Exact ``size``: Lanczos when shrinking (a box pre-reduction for big factors, as Pillow's
-    thumbnail does), bicubic to close a DCT-draft undershoot of a few percent."""
+    thumbnail does); bilinear to close a DCT-draft undershoot of a few percent (as good as
+    bicubic for a 1.0x scale by PSNR, and half the cost)."""
     if im.size == size:
         return im
     if size[0] >= im.size[0] and size[1] >= im.size[1]:
-        return im.resize(size, Image.Resampling.BICUBIC)
+        return im.resize(size, Image.Resampling.BILINEAR)
     return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
