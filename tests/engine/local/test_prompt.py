@@ -1,0 +1,109 @@
+"""Prompt preparation: the chat template, image sizing per family, what counts as image tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from tests.engine.local.helpers import image, media
+from vlmserve.engine.local.family import Family, family_for
+from vlmserve.engine.local.prompt import PromptPreparer
+from vlmserve.engine.types import MediaPart, Message, Prompt, TextPart
+from vlmserve.errors import InvalidRequestError, NotSupportedYetError
+
+
+def preparer(model_dir: Path) -> PromptPreparer:
+    processor = AutoProcessor.from_pretrained(model_dir)  # type: ignore[no-untyped-call]
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    return PromptPreparer(processor, family_for(model, processor))
+
+
+@pytest.fixture(scope="module")
+def idefics3(tiny_models: dict[str, Path]) -> PromptPreparer:
+    return preparer(tiny_models["idefics3"])
+
+
+@pytest.fixture(scope="module")
+def qwen2_vl(tiny_models: dict[str, Path]) -> PromptPreparer:
+    return preparer(tiny_models["qwen2_vl"])
+
+
+def one_image(width: int, height: int) -> Prompt:
+    return Prompt((Message("user", (MediaPart(0), TextPart("?"))),), media(image(width, height)))
+
+
+def image_tokens(prep: PromptPreparer, prompt: Prompt) -> int:
+    return prep.prepare(prompt).usage.image_tokens
+
+
+def test_idefics3_low_detail_image_is_one_tile_not_upscaled(idefics3: PromptPreparer) -> None:
+    low, high = idefics3.family.image_edges() or (0, 0)
+    seq_len = idefics3.processor.image_seq_len
+    # one tile: <fake><global-img> + image_seq_len x <image> + <fake>
+    assert image_tokens(idefics3, one_image(low, low * 3 // 4)) == seq_len + 3
+    assert image_tokens(idefics3, one_image(high, high)) > 4 * seq_len
+
+
+def test_idefics3_image_over_the_high_edge_costs_what_the_high_edge_costs(
+    idefics3: PromptPreparer,
+) -> None:
+    _, high = idefics3.family.image_edges() or (0, 0)
+    assert image_tokens(idefics3, one_image(high * 3, high * 3)) == image_tokens(
+        idefics3, one_image(high, high)
+    )
+
+
+def test_qwen2_vl_edges_are_patch_multiples_and_ordered(qwen2_vl: PromptPreparer) -> None:
+    edges = qwen2_vl.family.image_edges()
+    assert edges is not None
+    low, high = edges
+    assert 0 < low <= high and low % 28 == 0 and high % 28 == 0
+
+
+def test_qwen2_vl_image_tokens_are_the_image_pads(qwen2_vl: PromptPreparer) -> None:
+    prepared = qwen2_vl.prepare(one_image(56, 56))
+    pad = qwen2_vl.processor.image_token_id
+    assert prepared.usage.image_tokens == prepared.token_ids.count(pad) == 4
+    assert "mm_token_type_ids" in prepared.model_inputs
+
+
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+def test_images_are_placed_where_their_parts_are(tiny_models: dict[str, Path], family: str) -> None:
+    prep = preparer(tiny_models[family])
+    prompt = Prompt(
+        (
+            Message("user", (TextPart("first"), MediaPart(1))),
+            Message("assistant", (TextPart("ok"),)),
+            Message("user", (MediaPart(0), TextPart("second"))),
+        ),
+        media(image(40, 40, seed=1), image(30, 50, seed=2)),
+    )
+    text = prep.render(prompt)
+    token = prep.processor.image_token
+    assert text.index("first") < text.index(token) < text.index("ok")
+    assert text.count(token) == 2
+    assert prep.prepare(prompt).media_identities == ("id1", "id0")
+
+
+def test_reference_to_missing_media_is_a_bad_request(qwen2_vl: PromptPreparer) -> None:
+    prompt = Prompt((Message("user", (MediaPart(3),)),))
+    with pytest.raises(InvalidRequestError, match="media #3"):
+        qwen2_vl.prepare(prompt)
+
+
+def test_video_is_not_supported_yet(qwen2_vl: PromptPreparer) -> None:
+    from vlmserve.engine.types import MediaInput
+
+    video = MediaInput("video", (image(), image()), "v", timestamps=(0.0, 1.0), fps=1.0)
+    prompt = Prompt((Message("user", (MediaPart(0),)),), (video,))
+    with pytest.raises(NotSupportedYetError):
+        qwen2_vl.prepare(prompt)
+
+
+def test_unknown_families_fall_back_to_flat_images(qwen2_vl: PromptPreparer) -> None:
+    family = Family(qwen2_vl.family.model, qwen2_vl.processor)
+    pictures = [image()]
+    assert family.nest_images(pictures) == pictures
+    assert family.image_edges() is None

@@ -1,0 +1,128 @@
+"""The step thread: the only thread that runs the model.
+
+Each step is schedule → run → postprocess. The event loop talks to it through an inbox (new
+sequences, aborts) read between steps, so an abort takes effect within one decoding step. A
+failure inside one sequence's step fails that sequence only; the thread goes on serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from vlmserve.engine.local.model_runner import ModelRunner
+from vlmserve.engine.local.scheduler import Scheduler
+from vlmserve.engine.local.sequence import Sequence
+from vlmserve.errors import InternalError, OverloadedError, VlmserveError
+
+log = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler) -> None:
+        self.runner = runner
+        self.scheduler = scheduler
+        self._cv = threading.Condition()
+        self._inbox: list[Sequence] = []
+        self._aborts: list[str | Sequence] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="vlmserve-engine-step", daemon=True)
+
+    @property
+    def num_waiting(self) -> int:
+        """Sequences accepted but not yet prefilled (read from any thread; approximate)."""
+        return len(self._inbox) + self.scheduler.num_waiting
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, seq: Sequence) -> None:
+        with self._cv:
+            if self._closing:
+                raise OverloadedError("The engine is shutting down; retry later.")
+            self._inbox.append(seq)
+            self._cv.notify()
+
+    def abort(self, target: str | Sequence) -> None:
+        """Abort by request id (every sequence with it) or one sequence; unknown: ignored."""
+        with self._cv:
+            self._aborts.append(target)
+            self._cv.notify()
+
+    def close(self, timeout: float | None = None) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while self._receive():
+            if self.scheduler.has_work():
+                self.step()
+        for seq in self.scheduler.drain() + self._inbox:
+            self._finish(seq)
+            seq.fail(OverloadedError("The engine shut down before this request finished."))
+            seq.publish()
+
+    def _receive(self) -> bool:
+        """Wait for work, then move the inbox into the scheduler; False once closing."""
+        with self._cv:
+            while not (self._closing or self._inbox or self._aborts or self.scheduler.has_work()):
+                self._cv.wait()
+            if self._closing:
+                return False
+            added, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, []
+        for seq in added:
+            self.scheduler.add(seq)
+        for target in aborts:
+            self._abort(target)
+        return True
+
+    def step(self) -> None:
+        seqs, is_prefill = self.scheduler.schedule()
+        for seq in seqs:
+            try:
+                self._run(seq, is_prefill)
+            except Exception as exc:  # one request's failure must not stop the thread
+                log.exception("request %s failed in the engine", seq.request_id)
+                self._finish(seq)
+                seq.fail(_internal(exc))
+            seq.publish()
+
+    def _run(self, seq: Sequence, is_prefill: bool) -> None:
+        if is_prefill:
+            tokens = self.runner.prefill(seq)
+            seq.start()
+        else:
+            tokens = self.runner.decode(seq)
+        finished = set()
+        for index, token in tokens.items():
+            seq.append_token(index, token, token in self.runner.eos_token_ids)
+            if seq.choices[index].is_finished:
+                finished.add(index)
+        if seq.is_finished:
+            self._finish(seq)
+        else:
+            self.runner.retire(seq, finished)
+
+    def _abort(self, target: str | Sequence) -> None:
+        if isinstance(target, Sequence):
+            seqs = [target] if not target.is_finished else []
+        else:
+            seqs = self.scheduler.find(target)
+        for seq in seqs:
+            self._finish(seq)
+            seq.abort()
+            seq.publish()
+
+    def _finish(self, seq: Sequence) -> None:
+        self.scheduler.remove(seq)
+        self.runner.free(seq)
+
+
+def _internal(exc: Exception) -> VlmserveError:
+    if isinstance(exc, VlmserveError):
+        return exc
+    return InternalError(f"The engine failed while generating: {type(exc).__name__}: {exc}")

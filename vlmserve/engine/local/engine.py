@@ -1,0 +1,233 @@
+"""``LocalEngine``: the async ``EngineClient`` over an embedded transformers model.
+
+The event loop never runs model code: loading runs in a background thread, prompt preparation
+(chat template + processor) in a one-thread executor, generation on the step thread of
+``EngineCore``. Events come back through an asyncio queue fed with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+from vlmserve.catalog.spec import EngineBinding
+from vlmserve.engine.local.core import EngineCore
+from vlmserve.engine.local.loader import LoadedModel, load_model
+from vlmserve.engine.local.model_runner import ModelRunner
+from vlmserve.engine.local.prompt import PreparedPrompt, PromptPreparer
+from vlmserve.engine.local.scheduler import Scheduler
+from vlmserve.engine.local.sequence import Item, Sequence
+from vlmserve.engine.types import (
+    EngineHealth,
+    Event,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    Prompt,
+    PromptUsage,
+    SamplingParams,
+    Started,
+)
+from vlmserve.errors import (
+    ContextLengthError,
+    InvalidRequestError,
+    OverloadedError,
+    VlmserveError,
+)
+from vlmserve.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+State = Literal["idle", "loading", "ready", "failed", "closed"]
+
+
+class LocalEngine:
+    def __init__(
+        self, binding: EngineBinding, settings: EngineSettings, *, max_num_seqs: int = 1
+    ) -> None:
+        self.binding = binding
+        self.settings = settings
+        self.max_num_seqs = max_num_seqs
+        self._state: State = "idle"
+        self._detail = "not started"
+        self._lock = threading.Lock()
+        self._loaded: LoadedModel | None = None
+        self._core: EngineCore | None = None
+        self._preparer: PromptPreparer | None = None
+        self._decode_tokenizer: object | None = None
+        # One thread: HF fast tokenizers must not be used from two threads at once.
+        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="vlmserve-prepare")
+        self._num_preparing = 0
+        self._preparing_ids: dict[str, int] = {}  # request id → how many are being prepared
+        self._early_aborts: set[str] = set()  # aborted while being prepared
+
+    async def start(self) -> None:
+        with self._lock:
+            if self._state != "idle":
+                return
+            self._state, self._detail = "loading", f"loading {self.binding.model}"
+        threading.Thread(target=self._load, name="vlmserve-engine-load", daemon=True).start()
+
+    async def close(self) -> None:
+        with self._lock:
+            if self._state == "closed":
+                return
+            self._state, self._detail = "closed", "closed"
+            core, self._core, self._loaded, self._preparer = self._core, None, None, None
+        if core is not None:
+            await asyncio.to_thread(core.close)
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        core, loaded = self._ready()
+        if self._num_preparing + core.num_waiting >= self.settings.max_queue:
+            raise OverloadedError(
+                f"The engine has {self.settings.max_queue} requests waiting; retry later."
+            )
+        _check_sampling(request.sampling)
+        prepared = await self._prepare_request(request)
+        max_new_tokens = _budget(prepared, request, loaded.max_model_len)
+        if request.request_id in self._early_aborts:
+            self._early_aborts.discard(request.request_id)
+            yield Started(prepared.usage)
+            for index in range(request.sampling.n):
+                yield Finished(index, FinishReason.ABORT)
+            return
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Item] = asyncio.Queue()
+
+        def put_all(items: list[Item]) -> None:
+            for item in items:
+                events.put_nowait(item)
+
+        def sink(items: list[Item]) -> None:
+            # A closed loop raises RuntimeError: nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(put_all, items)
+
+        seq = Sequence(request, prepared, max_new_tokens, self._decode_tokenizer, sink)
+        core.submit(seq)
+        done = False
+        try:
+            while (item := await events.get()) is not None:
+                if isinstance(item, VlmserveError):
+                    done = True
+                    raise item
+                yield item
+            done = True
+        finally:
+            if not done:  # the consumer went away (client disconnect) or was cancelled
+                core.abort(seq)
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self._preparing_ids:
+            self._early_aborts.add(request_id)
+        core = self._core
+        if core is not None:
+            core.abort(request_id)
+
+    async def count_tokens(self, prompt: Prompt) -> PromptUsage:
+        self._ready()
+        return (await self._prepare(prompt)).usage
+
+    async def health(self) -> EngineHealth:
+        loaded = self._loaded
+        if loaded is None:
+            return EngineHealth(ready=False, detail=self._detail)
+        return EngineHealth(
+            ready=self._state == "ready",
+            detail=self._detail,
+            max_model_len=loaded.max_model_len,
+            image_edges=loaded.family.image_edges(),
+        )
+
+    def _ready(self) -> tuple[EngineCore, LoadedModel]:
+        core, loaded = self._core, self._loaded
+        if self._state == "ready" and core is not None and loaded is not None:
+            return core, loaded
+        if self._state == "loading":
+            raise OverloadedError(
+                f"The model is loading ({self.binding.model}); retry in a moment.",
+                code="model_loading",
+            )
+        raise OverloadedError(f"The model is not available: {self._detail}")
+
+    async def _prepare_request(self, request: GenerationRequest) -> PreparedPrompt:
+        rid = request.request_id
+        self._preparing_ids[rid] = self._preparing_ids.get(rid, 0) + 1
+        try:
+            return await self._prepare(request.prompt)
+        finally:
+            self._preparing_ids[rid] -= 1
+            if not self._preparing_ids[rid]:
+                del self._preparing_ids[rid]
+
+    async def _prepare(self, prompt: Prompt) -> PreparedPrompt:
+        preparer = self._preparer
+        if preparer is None:
+            raise OverloadedError(f"The model is not available: {self._detail}")
+        self._num_preparing += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._prepare_pool, preparer.prepare, prompt)
+        finally:
+            self._num_preparing -= 1
+
+    def _load(self) -> None:
+        try:
+            loaded = load_model(self.binding, self.settings)
+            preparer = PromptPreparer(loaded.processor, loaded.family)
+            core = EngineCore(ModelRunner(loaded), Scheduler(self.max_num_seqs))
+        except Exception as exc:
+            log.exception("failed to load %s", self.binding.model)
+            with self._lock:
+                if self._state == "loading":
+                    self._state = "failed"
+                    self._detail = (
+                        f"failed to load {self.binding.model}: {type(exc).__name__}: {exc}"
+                    )
+            return
+        with self._lock:
+            if self._state != "loading":  # closed while loading
+                return
+            self._loaded, self._preparer, self._core = loaded, preparer, core
+            # The step thread detokenizes with its own copy: no tokenizer is shared by threads.
+            self._decode_tokenizer = copy.deepcopy(loaded.tokenizer)
+            core.start()
+            self._state = "ready"
+            self._detail = f"{self.binding.model} ready on {loaded.device} ({loaded.dtype})"
+        log.info("%s", self._detail)
+
+
+def _check_sampling(params: SamplingParams) -> None:
+    if params.n < 1:
+        raise InvalidRequestError("n must be at least 1.", param="n")
+    if params.max_tokens is not None and params.max_tokens < 1:
+        raise InvalidRequestError("max_tokens must be at least 1.", param="max_tokens")
+    if params.temperature < 0:
+        raise InvalidRequestError("temperature must not be negative.", param="temperature")
+    if not 0 <= params.top_p <= 1:
+        raise InvalidRequestError("top_p must be between 0 and 1.", param="top_p")
+
+
+def _budget(prepared: PreparedPrompt, request: GenerationRequest, max_model_len: int) -> int:
+    """How many tokens may be generated: max_tokens capped by what the context window leaves."""
+    window = max_model_len
+    if request.context_window is not None:
+        window = min(window, request.context_window)
+    room = window - prepared.num_tokens
+    if room < 1:
+        raise ContextLengthError(
+            f"This prompt is {prepared.num_tokens} tokens long but the model's context window is "
+            f"{window} tokens, which leaves no room for an answer; shorten the conversation or "
+            "send fewer or smaller images.",
+            param="messages",
+        )
+    max_tokens = request.sampling.max_tokens
+    return room if max_tokens is None else min(max_tokens, room)

@@ -1,0 +1,129 @@
+"""Load a model and its processor from a hub id or a local directory, on the chosen device/dtype.
+
+Downloads show huggingface_hub's progress bars and loading shows transformers' "Loading weights"
+bar; both write to stderr.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmserve.catalog.spec import EngineBinding
+from vlmserve.engine.local.family import Family, family_for
+from vlmserve.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    model: Any
+    processor: Any
+    family: Family
+    device: torch.device
+    dtype: torch.dtype
+    eos_token_ids: frozenset[int]
+    max_model_len: int
+    cache_kwarg: str  # "cache" (transformers >= 5.x) or "past_key_values"
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+
+def load_model(binding: EngineBinding, settings: EngineSettings) -> LoadedModel:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = resolve_device(_pick(binding.device, settings.device))
+    dtype = resolve_dtype(_pick(binding.dtype, settings.dtype), device)
+    source = _source(binding.model)
+    log.info("loading %s on %s as %s", source, device, dtype)
+    processor = AutoProcessor.from_pretrained(source)
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+    model = model.to(device)  # type: ignore[arg-type]
+    model.eval()
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        family=family_for(model, processor),
+        device=device,
+        dtype=dtype,
+        eos_token_ids=eos_token_ids(model, processor.tokenizer),
+        max_model_len=max_model_len(model.config),
+        cache_kwarg=_cache_kwarg(model),
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """ "auto": bfloat16 on CUDA, and on a CPU only where it computes bf16 natively."""
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls are then ~2x fp32; without them bf16 is emulated (slow)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    flags = set(text.split())
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        return True
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every id that ends a turn: generation_config's (an int or a list) and the tokenizer's."""
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+def max_model_len(config: Any) -> int:
+    text_config = config.get_text_config(decoder=True)
+    for source in (text_config, config):
+        value = getattr(source, "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(
+        "the model config has no max_position_embeddings: its context window is unknown"
+    )
+
+
+def _cache_kwarg(model: Any) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _pick(binding_value: str, settings_value: str) -> str:
+    # The catalogue binding names the model's own needs; settings are the machine-wide default.
+    return binding_value if binding_value != "auto" else settings_value
+
+
+def _source(model: str) -> str:
+    path = Path(model).expanduser()
+    return str(path) if path.exists() else model

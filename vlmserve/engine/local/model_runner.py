@@ -1,0 +1,179 @@
+"""Owns the model and every tensor: prefill, decode steps, sampling, per-sequence KV caches.
+
+Each running sequence has its own ``DynamicCache`` with one row per live choice: the prompt is
+prefilled once (batch 1) and the cache repeated ``n`` times, so ``n`` choices cost one prefill.
+Positions are always passed explicitly (3-D for M-RoPE families), so no per-model state such as
+Qwen2-VL's ``rope_deltas`` is shared between sequences. Makes no scheduling decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vlmserve.engine.local.loader import LoadedModel
+from vlmserve.engine.local.prefix_cache import NoPrefixCache, PrefixCache, PrefixHit
+from vlmserve.engine.local.sampler import apply_penalties, make_generator, sample
+from vlmserve.engine.local.sequence import Sequence
+
+_MEDIA_INPUTS = ("pixel_values", "pixel_attention_mask", "image_grid_thw", "pixel_values_videos")
+
+
+@dataclass(slots=True)
+class _State:
+    cache: Any
+    rows: list[int]  # choice index of each cache row
+    position: int  # text position of the next token to feed
+    rope_delta: int
+    generator: torch.Generator
+    counts: torch.Tensor | None  # rows x vocab generated-token counts, only with penalties
+    last_tokens: torch.Tensor | None = None  # rows
+
+
+class ModelRunner:
+    def __init__(self, loaded: LoadedModel, prefix_cache: PrefixCache | None = None) -> None:
+        self.model = loaded.model
+        self.family = loaded.family
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.eos_token_ids = loaded.eos_token_ids
+        self.cache_kwarg = loaded.cache_kwarg
+        self.num_tokens = len(loaded.tokenizer)  # logits past the tokenizer are never sampled
+        self.prefix_cache: PrefixCache = prefix_cache or NoPrefixCache()
+        self._states: dict[int, _State] = {}
+
+    @torch.inference_mode()
+    def prefill(self, seq: Sequence) -> dict[int, int]:
+        """Run the prompt, set ``seq.num_cached_tokens``; returns choice index → first token."""
+        inputs = self._to_device(seq.prompt.model_inputs)
+        positions, rope_delta = self.family.prefill_positions(inputs)
+        hit = self._match(seq)
+        cache = hit.cache if hit else self._new_cache()
+        if hit:
+            span = seq.prompt.media_span
+            media_in_tail = span is not None and span[1] > hit.num_tokens
+            inputs, positions = _suffix(inputs, positions, hit.num_tokens, media_in_tail)
+            seq.num_cached_tokens = hit.num_tokens
+        logits = self._forward(inputs, positions, cache)
+        self.prefix_cache.store(seq.prompt, seq.tenant, cache, rope_delta)
+        n = seq.sampling.n
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            logits = logits.expand(n, -1).clone()
+        state = _State(
+            cache=cache,
+            rows=list(range(n)),
+            position=seq.prompt.num_tokens,
+            rope_delta=rope_delta,
+            generator=make_generator(seq.sampling.seed, self.device),
+            counts=self._counts(seq, n),
+        )
+        self._states[seq.seq_id] = state
+        return self._sample(seq, state, logits)
+
+    @torch.inference_mode()
+    def decode(self, seq: Sequence) -> dict[int, int]:
+        """One step for every live choice of ``seq``; returns choice index → next token."""
+        state = self._states[seq.seq_id]
+        assert state.last_tokens is not None
+        num_rows = len(state.rows)
+        positions = self.family.decode_positions(
+            state.position + state.rope_delta, num_rows, self.device
+        )
+        inputs = {"input_ids": state.last_tokens.view(num_rows, 1)}
+        logits = self._forward(inputs, positions, state.cache)
+        state.position += 1
+        return self._sample(seq, state, logits)
+
+    def retire(self, seq: Sequence, finished: set[int]) -> None:
+        """Drop the cache rows of choices that finished; the others keep decoding."""
+        state = self._states.get(seq.seq_id)
+        if state is None or not finished:
+            return
+        keep = [i for i, row in enumerate(state.rows) if row not in finished]
+        if not keep:
+            self.free(seq)
+            return
+        index = torch.tensor(keep, device=self.device)
+        state.cache.batch_select_indices(index)
+        state.rows = [state.rows[i] for i in keep]
+        if state.counts is not None:
+            state.counts = state.counts[index]
+        if state.last_tokens is not None:
+            state.last_tokens = state.last_tokens[index]
+
+    def free(self, seq: Sequence) -> None:
+        self._states.pop(seq.seq_id, None)
+
+    @property
+    def num_active(self) -> int:
+        return len(self._states)
+
+    def _forward(self, inputs: dict[str, Any], positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        out = self.model(
+            **inputs,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kwarg: cache},
+        )
+        return out.logits[:, -1, :].float()
+
+    def _sample(self, seq: Sequence, state: _State, logits: torch.Tensor) -> dict[int, int]:
+        if logits.shape[-1] > self.num_tokens:
+            logits[:, self.num_tokens :] = float("-inf")
+        if seq.logits_processors:
+            outputs = [seq.choices[row].output_ids for row in state.rows]
+            for processor in seq.logits_processors:
+                processor(logits, state.rows, outputs)
+        if state.counts is not None:
+            apply_penalties(logits, state.counts, seq.sampling)
+        tokens = sample(logits, seq.sampling, state.generator)
+        if state.counts is not None:
+            state.counts[torch.arange(len(state.rows), device=self.device), tokens] += 1
+        state.last_tokens = tokens
+        return dict(zip(state.rows, tokens.tolist(), strict=True))
+
+    def _counts(self, seq: Sequence, n: int) -> torch.Tensor | None:
+        if not (seq.sampling.frequency_penalty or seq.sampling.presence_penalty):
+            return None
+        vocab = self.model.config.get_text_config(decoder=True).vocab_size
+        return torch.zeros(n, vocab, dtype=torch.float32, device=self.device)
+
+    def _match(self, seq: Sequence) -> PrefixHit | None:
+        hit = self.prefix_cache.match(seq.prompt, seq.tenant)
+        if hit is None or not 0 < hit.num_tokens < seq.prompt.num_tokens:
+            return None
+        span = seq.prompt.media_span
+        has_media = any(k in seq.prompt.model_inputs for k in _MEDIA_INPUTS)
+        if has_media and (span is None or span[0] < hit.num_tokens < span[1]):
+            return None  # a hit may end before the first media token or after the last one only
+        return hit
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        moved = {}
+        for name, tensor in inputs.items():
+            tensor = tensor.to(self.device)
+            if tensor.is_floating_point():
+                tensor = tensor.to(self.dtype)
+            moved[name] = tensor
+        return moved
+
+
+def _suffix(
+    inputs: dict[str, torch.Tensor], positions: torch.Tensor, start: int, media_in_tail: bool
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The inputs for the uncached tail of the prompt (media inputs only if media lie there)."""
+    tail = {"input_ids": inputs["input_ids"][:, start:]}
+    if "mm_token_type_ids" in inputs:
+        tail["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, start:]
+    if media_in_tail:
+        tail.update({k: v for k, v in inputs.items() if k not in tail})
+    return tail, positions[..., start:]
