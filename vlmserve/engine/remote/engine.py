@@ -137,7 +137,9 @@ class RemoteEngine:
             self._client = None
 
     async def health(self) -> EngineHealth:
-        ready = self._client is not None and any(r.is_up for r in self.pool.replicas)
+        if self._client is None:
+            return EngineHealth(False, "remote engine not started")
+        ready = any(r.is_up for r in self.pool.replicas)
         return EngineHealth(ready, self.pool.summary(), max_model_len=self.pool.max_model_len())
 
     # -- generation ------------------------------------------------------------------------
@@ -180,6 +182,11 @@ class RemoteEngine:
                     raw = await response.aread()
                     raise error_for_status(
                         response.status_code, raw, response.headers, attempt.replica.url
+                    )
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    raise UpstreamError(
+                        f"The model server {attempt.replica.url} answered without streaming "
+                        f"({response.headers.get('content-type', 'no content type')})."
                     )
                 attempt.response = response
                 self._running[request.request_id] = attempt
