@@ -15,8 +15,9 @@ Prompt usage (``Started``) comes, in this order of preference, from
 ``cached_tokens`` is usually known only at the end (vLLM reports it in its last chunk): the last
 ``Finished`` carries the final ``PromptUsage``, which supersedes ``Started.usage``.
 
-``count_tokens`` uses the ``token_counter`` when there is one, else asks a replica's ``/tokenize``
-(vLLM's, at the server root); an upstream without it gets a clear 400 that says how to fix it.
+``count_tokens`` uses the ``token_counter`` when there is one, else asks a replica: vLLM's
+``/tokenize`` (at the server root) or the Step API's ``/v1/token/count`` (another vlmserve); an
+upstream with neither gets a clear 400 that says how to fix it.
 """
 
 from __future__ import annotations
@@ -325,25 +326,25 @@ class RemoteEngine:
     async def _tokenize(
         self, client: httpx.AsyncClient, replica: Replica, body: bytes
     ) -> PromptUsage:
-        url = f"{server_root(replica.url)}/tokenize"
-        with self.pool.track(replica), map_upstream_errors(replica.url):
-            response = await client.post(url, content=body, headers=_JSON)
-            raw = await response.aread()
-        if response.status_code in (404, 405):
-            raise NotSupportedYetError(
-                f"Token counting is not available for model {self.model}: its model server has "
-                "no /tokenize endpoint. Serve it with vLLM, or give vlmserve the model's "
-                "processor files so it counts tokens itself.",
-                code="token_count_unavailable",
-            )
-        if response.status_code != 200:
-            raise error_for_status(response.status_code, raw, response.headers, replica.url)
-        count = _count_of(raw)
-        if count is None:
-            raise UpstreamError(
-                f"The model server {replica.url} answered /tokenize without a count."
-            )
-        return PromptUsage(prompt_tokens=count)
+        """vLLM's ``/tokenize`` at the server root, else the Step API's ``/v1/token/count``."""
+        for url in (f"{server_root(replica.url)}/tokenize", f"{replica.url}/token/count"):
+            with self.pool.track(replica), map_upstream_errors(replica.url):
+                response = await client.post(url, content=body, headers=_JSON)
+                raw = await response.aread()
+            if response.status_code in (404, 405):
+                continue
+            if response.status_code != 200:
+                raise error_for_status(response.status_code, raw, response.headers, replica.url)
+            count = _count_of(raw)
+            if count is None:
+                raise UpstreamError(f"The model server {replica.url} answered {url} with no count.")
+            return PromptUsage(prompt_tokens=count)
+        raise NotSupportedYetError(
+            f"Token counting is not available for model {self.model}: its model server has "
+            "neither /tokenize (vLLM) nor /v1/token/count (vlmserve). Serve it with one of "
+            "those, or give vlmserve the model's processor files so it counts tokens itself.",
+            code="token_count_unavailable",
+        )
 
     def _require_client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -355,11 +356,13 @@ class RemoteEngine:
 
 
 def _count_of(raw: bytes) -> int | None:
+    """``{"count": N}`` (vLLM) or ``{"data": {"total_tokens": N}}`` (the Step API)."""
     try:
-        count = json.loads(raw).get("count")
+        body = json.loads(raw)
+        count = body.get("count", (body.get("data") or {}).get("total_tokens"))
     except (ValueError, AttributeError):
         return None
-    return count if isinstance(count, int) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def server_root(base_url: str) -> str:

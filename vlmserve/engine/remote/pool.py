@@ -85,7 +85,8 @@ class ReplicaPool:
         if card is None:
             ids = ", ".join(str(c.get("id")) for c in cards if isinstance(c, dict))
             return f"serves {ids}, not {self.model}"
-        replica.max_model_len = _int_or_none(card.get("max_model_len"))
+        # vLLM says max_model_len; a vlmserve upstream says context_window.
+        replica.max_model_len = _int_or_none(card.get("max_model_len", card.get("context_window")))
         return None
 
     async def check_all(self, client: httpx.AsyncClient) -> None:
