@@ -260,3 +260,12 @@ def test_every_httpcore_exception_is_mapped() -> None:
     for cls in classes:
         with pytest.raises(MediaFetchError), fetch.map_httpcore_errors(WHERE, "http://x/"):
             raise cls("boom")
+
+
+async def test_fetch_tries_the_next_checked_address_when_one_refuses(
+    image_server: ImageServer,
+) -> None:
+    """127.0.0.2 has no server on the port; the fetcher moves on to the next checked address."""
+    fetcher = SafeFetcher(loopback(), resolver=resolver_to("127.0.0.2", "127.0.0.1"))
+    url = f"http://pictures.example:{image_server.port}/img.png"
+    assert await fetcher.fetch(url, WHERE, Unlimited()) == PNG

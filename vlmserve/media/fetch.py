@@ -60,7 +60,7 @@ class _Hop:
     url: httpx.URL
     host: str
     port: int
-    address: str
+    addresses: tuple[str, ...]  # all checked; dialled in order
 
 
 class SafeFetcher:
@@ -112,21 +112,22 @@ class SafeFetcher:
         )
 
     async def _check(self, url: str, where: str) -> _Hop:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
+        scheme = urlsplit(url).scheme.lower()
         if scheme not in ("http", "https"):
             raise _refused(where, url, f"only http and https URLs are fetched, not '{scheme}:'")
-        host = (parts.hostname or "").rstrip(".")
         try:
-            port = parts.port or (443 if scheme == "https" else 80)
+            # httpx's parse gives the Host header and SNI, so the same parse is what we check
+            # (and the socket goes to the checked address whatever any parser thinks).
             parsed = httpx.URL(url)
+            host = parsed.raw_host.decode("ascii").rstrip(".")
+            port = parsed.port or (443 if scheme == "https" else 80)
         except (ValueError, httpx.InvalidURL) as exc:
-            return self._refuse_malformed(where, url, host, exc)
+            return self._refuse_malformed(where, url, urlsplit(url).hostname or "", exc)
         if not host:
             raise _refused(where, url, "it has no host")
         self._check_allowed_host(host, where, url)
         addresses = await self._addresses(host, port, where, url)
-        return _Hop(url=parsed, host=host, port=port, address=str(addresses[0]))
+        return _Hop(url=parsed, host=host, port=port, addresses=tuple(map(str, addresses)))
 
     def _refuse_malformed(self, where: str, url: str, host: str, exc: Exception) -> _Hop:
         try:  # a numeric spelling httpx rejects (0177.0.0.1) still gets the address verdict
@@ -191,7 +192,7 @@ class SafeFetcher:
             "pool": s.fetch_connect_timeout_s,
         }
         pool = httpcore.AsyncConnectionPool(
-            ssl_context=self._ssl, network_backend=_PinnedBackend(hop.address), retries=0
+            ssl_context=self._ssl, network_backend=_PinnedBackend(hop.addresses), retries=0
         )
         url = str(hop.url)
         with map_httpcore_errors(where, url):
@@ -262,10 +263,11 @@ async def _read_body(
 
 
 class _PinnedBackend(httpcore.AsyncNetworkBackend):
-    """Dials the address that was checked, whatever host name the request carries."""
+    """Dials only the addresses that were checked (the first that answers), whatever host name
+    the request carries; DNS is never consulted again between check and connect."""
 
-    def __init__(self, address: str) -> None:
-        self._address = address
+    def __init__(self, addresses: tuple[str, ...]) -> None:
+        self._addresses = addresses
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
@@ -276,8 +278,15 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        for address in self._addresses[:-1]:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError:
+                continue  # the next checked address
         return await self._inner.connect_tcp(
-            self._address, port, timeout, local_address, socket_options
+            self._addresses[-1], port, timeout, local_address, socket_options
         )
 
     async def connect_unix_socket(

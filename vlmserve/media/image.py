@@ -237,7 +237,9 @@ def _transform_to_srgb(
         if in_mode != "CMYK" and "srgb" in ImageCms.getProfileDescription(source).lower():
             return None
         srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-        return ImageCms.buildTransform(source, srgb, in_mode, out_mode)
+        # NOCACHE: lcms's one-pixel cache is not safe when pool threads share a transform
+        flags = ImageCms.Flags.NOCACHE
+        return ImageCms.buildTransform(source, srgb, in_mode, out_mode, flags=flags)
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return None
 

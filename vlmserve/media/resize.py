@@ -63,11 +63,16 @@ def fit(size: Size, edge: int | None) -> Size:
 
 
 def draft_scale(size: Size, final: Size, slack: float) -> int:
-    """The largest DCT scale-down (8, 4, 2; else 1) whose result is at least ``final`` less
-    ``slack`` (so at most a few percent is then enlarged back)."""
+    """The largest DCT scale-down (8, 4, 2; else 1) that still gives at least ``final``.
+
+    At 1/2 and 1/4 libjpeg's reduced IDCT is a true low-pass, so a result up to ``slack`` short
+    of ``final`` is accepted and enlarged by those few percent (for a 12 MP photo at 2048 px this
+    halves the work). At 1/8 only the DC terms survive, a box filter that aliases: never short.
+    """
     for scale in _DRAFT_SCALES:
         width, height = -(-size[0] // scale), -(-size[1] // scale)
-        if width >= final[0] * (1 - slack) and height >= final[1] * (1 - slack):
+        allowed = 1.0 if scale == 8 else 1.0 - slack
+        if width >= final[0] * allowed and height >= final[1] * allowed:
             return scale
     return 1
 
