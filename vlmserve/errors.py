@@ -32,6 +32,7 @@ class VlmserveError(Exception):
     type: str = "server_error"
     code: str = "internal_error"
     retryable: bool = False
+    retry_after_s: float | None = None  # a hint for the Retry-After header, when known
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -116,7 +117,7 @@ class OverloadedError(VlmserveError):
     retryable = True
 
 
-class TimeoutError_(VlmserveError):  # noqa: N801 - the builtin name is taken
+class TimeoutError_(VlmserveError):  # noqa: N801, N818 - the builtin name is taken
     status = 504
     type = "server_error"
     code = "timeout"

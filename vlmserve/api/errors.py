@@ -31,7 +31,9 @@ def error_body(exc: VlmserveError) -> bytes:
 
 
 def error_response(exc: VlmserveError) -> Response:
-    headers = {"Retry-After": "5"} if exc.retryable and exc.status in (429, 503) else None
+    headers = None
+    if exc.retryable and exc.status in (429, 503):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s or 5)))}
     return Response(error_body(exc), exc.status, headers, media_type="application/json")
 
 

@@ -48,6 +48,7 @@ async def collect(run: ChatRun) -> ChatCompletion:
                 completion_tokens += event.num_tokens
             elif isinstance(event, Finished):
                 reasons[event.index] = finish_reason(event.reason)
+                run.usage = event.usage or run.usage
     finally:
         await run.aclose()
     choices = [
@@ -91,6 +92,7 @@ async def stream(
                 if event.text:
                     yield chunk(event.index, ChoiceDelta(content=event.text))
             elif isinstance(event, Finished):
+                run.usage = event.usage or run.usage  # final counts (e.g. a replica's cache hits)
                 yield chunk(event.index, ChoiceDelta(), finish_reason(event.reason))
     finally:
         await run.aclose()
