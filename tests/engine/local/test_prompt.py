@@ -107,3 +107,14 @@ def test_unknown_families_fall_back_to_flat_images(qwen2_vl: PromptPreparer) -> 
     pictures = [image()]
     assert family.nest_images(pictures) == pictures
     assert family.image_edges() is None
+
+
+def test_a_conversation_the_template_rejects_is_a_bad_request(qwen2_vl: PromptPreparer) -> None:
+    from unittest import mock
+
+    template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    with (
+        mock.patch.object(qwen2_vl.processor, "chat_template", template),
+        pytest.raises(InvalidRequestError, match="must alternate"),
+    ):
+        qwen2_vl.prepare(Prompt((Message("user", (TextPart("hi"),)),)))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from PIL import Image
 
 from vlmserve.engine.local.family import Family
@@ -59,9 +60,14 @@ class PromptPreparer:
     def render(self, prompt: Prompt) -> str:
         """The prompt as the chat template renders it (media as the template's placeholders)."""
         conversation = [self._message(i, m) for i, m in enumerate(prompt.messages)]
-        text: str = self.processor.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
-        )
+        try:
+            text: str = self.processor.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=False
+            )
+        except TemplateError as exc:  # templates raise on conversations they cannot express
+            raise InvalidRequestError(
+                f"The model's chat template rejected the conversation: {exc}", param="messages"
+            ) from exc
         return text
 
     def _process(self, text: str, images: list[Image.Image]) -> dict[str, Any]:
