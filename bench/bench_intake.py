@@ -5,10 +5,10 @@ Run by hand, never in tests:
     .venv/bin/python bench/bench_intake.py [--repeats 7] [--write docs/benchmarks.md]
 
 Plain path (what most servers do): base64-decode the data URL, ``Image.open``, ``convert("RGB")``,
-``resize`` with LANCZOS to the same final size vlmserve produces. Each case runs in a fresh
-subprocess so the peak RSS (``ru_maxrss``, above the process's baseline after loading the input) is
-that path's own. Times are medians over the repeats; "repeat" is the same image sent again in a
-later turn (a new string with the same content), served from the content-addressed cache.
+``resize`` with LANCZOS to the same final size vlmserve produces. Times come from interleaved
+rounds in one subprocess (medians, ms per image); "repeat" is the same image sent again in a later
+turn (a new string with the same content), served from the content-addressed cache. Peak memory
+is measured in a fresh subprocess per path: VmHWM above the level once the input is loaded.
 
 Inputs are synthetic photos (smooth shading, hard-edged shapes, fine texture, sensor-like noise),
 generated here with a fixed seed; their sizes are printed in the table.
@@ -21,7 +21,6 @@ import asyncio
 import base64
 import io
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -162,17 +161,26 @@ def final_size(url: str, detail: str) -> tuple[int, int]:
     return fit(header.size, edge)
 
 
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def peak_memory(case: str, detail: str, path: str) -> float:
-    """MB of peak RSS above this process's level once the input is loaded."""
+    """MB of peak RSS above the level once the input is loaded. VmHWM, reset through
+    /proc/self/clear_refs: getrusage's maxrss would include the parent's peak (kept over exec)."""
     urls = data_urls(case)
     sizes = [final_size(u, detail) for u in urls]
-    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")
+    baseline_kb = _status_kb("VmRSS")
     if path == "plain":
         outs = [plain(u, s) for u, s in zip(urls, sizes, strict=True)]
         del outs
     else:
         asyncio.run(_ours(urls, detail))
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
+    return (_status_kb("VmHWM") - baseline_kb) / 1024
 
 
 def spawn(*args: object) -> Any:

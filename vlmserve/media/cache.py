@@ -1,9 +1,9 @@
 """A bounded, content-addressed LRU of prepared images, and single-flight for work in progress.
 
 Keys are content, never names: the hash of the image's bytes plus the sizing, so an image repeated
-in a later turn of a conversation costs a lookup. For data URLs the key is built from the base64
-text without decoding it: a cheap fingerprint picks the candidate, and a full comparison of the
-text (a memcmp) confirms it, so a crafted fingerprint collision can never return another image.
+in a later turn of a conversation costs a lookup. For data URLs the key is the base64 text itself
+(``TextKey``), never decoded: a cheap fingerprint hashes it, and a full comparison of the text (a
+memcmp) confirms a match, so a crafted fingerprint collision can never return another image.
 Used from the event loop only (no locks).
 """
 
@@ -29,7 +29,7 @@ def bytes_key(data: bytes) -> bytes:
 
 def text_fingerprint(text: str) -> bytes:
     """A cheap fingerprint of a long base64 text: its length, both ends and evenly spaced pieces.
-    Not collision resistant on its own; ``ImageCache`` confirms a hit by comparing the text."""
+    Not collision resistant on its own; ``TextKey`` confirms equality by comparing the text."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(len(text).to_bytes(8, "little"))
     if len(text) <= _SAMPLES * _SAMPLE_LEN * 2:
@@ -42,15 +42,40 @@ def text_fingerprint(text: str) -> bytes:
     return digest.digest()
 
 
+class TextKey:
+    """A dictionary key for a long text (a data URL) plus the sizing: hashed by a sampled
+    fingerprint (microseconds, where hashing 5 MB of text would take milliseconds on the event
+    loop) and equal only when the whole text is equal (a memcmp)."""
+
+    __slots__ = ("_hash", "fingerprint", "sizing", "text")
+
+    def __init__(self, text: str, sizing: Hashable) -> None:
+        self.text = text
+        self.sizing = sizing
+        self.fingerprint = text_fingerprint(text)
+        self._hash = hash((self.fingerprint, sizing))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, TextKey)
+            and self._hash == other._hash
+            and self.fingerprint == other.fingerprint
+            and self.sizing == other.sizing
+            and self.text == other.text
+        )
+
+
 @dataclass(slots=True)
 class _Entry:
     value: PreparedImage
-    text: str | None  # the data URL's base64 text, when the key is a fingerprint
     num_bytes: int
 
 
 class ImageCache:
-    """Prepared images by content key, bounded by ``max_bytes`` (pixels plus any kept text)."""
+    """Prepared images by content key, LRU, bounded by ``max_bytes`` (pixels plus key text)."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
@@ -59,24 +84,24 @@ class ImageCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable, text: str | None = None) -> PreparedImage | None:
+    def get(self, key: Hashable) -> PreparedImage | None:
         entry = self._entries.get(key)
-        if entry is None or entry.text != text:  # str equality is a length check + memcmp
+        if entry is None:
             self.misses += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
         return entry.value
 
-    def put(self, key: Hashable, value: PreparedImage, text: str | None = None) -> None:
+    def put(self, key: Hashable, value: PreparedImage) -> None:
         width, height = value.size
-        size = width * height * 3 + (len(text) if text is not None else 0) + 512
+        size = width * height * 3 + 512 + (len(key.text) if isinstance(key, TextKey) else 0)
         if size > self._max_bytes:
             return
         old = self._entries.pop(key, None)
         if old is not None:
             self._num_bytes -= old.num_bytes
-        self._entries[key] = _Entry(value, text, size)
+        self._entries[key] = _Entry(value, size)
         self._num_bytes += size
         while self._num_bytes > self._max_bytes:
             _, evicted = self._entries.popitem(last=False)

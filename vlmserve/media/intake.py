@@ -21,7 +21,7 @@ from vlmserve.errors import (
     TooManyImagesError,
     UnsupportedContentError,
 )
-from vlmserve.media.cache import ImageCache, SingleFlight, bytes_key, text_fingerprint
+from vlmserve.media.cache import ImageCache, SingleFlight, TextKey, bytes_key
 from vlmserve.media.fetch import Resolver, SafeFetcher
 from vlmserve.media.image import check_supported
 from vlmserve.media.prepare import Sizing, inspect_image, prepare_image, sizing_for
@@ -143,17 +143,17 @@ class MediaIntake:
         self, source: DataSource, sizing: Sizing, where: str, budget: RequestBudget
     ) -> PreparedImage:
         budget.take(source.num_bytes, where)
-        key = ("data", text_fingerprint(source.url), sizing)
-        cached = self._cache.get(key, source.url)
+        key = TextKey(source.url, sizing)
+        cached = self._cache.get(key)
         if cached is not None:
             return cached
 
         async def work() -> PreparedImage:
             prepared = await self._run(_decode_and_prepare, source, sizing, where)
-            self._cache.put(key, prepared, source.url)
+            self._cache.put(key, prepared)
             return prepared
 
-        return await self._prepares.run(("data", source.url, sizing), work)
+        return await self._prepares.run(key, work)
 
     async def _from_bytes(self, data: bytes, sizing: Sizing, where: str) -> PreparedImage:
         key = ("bytes", await self._run(bytes_key, data), sizing)
