@@ -47,6 +47,26 @@ CASES = {
     "20 x 1 MP JPEG, one request": ("jpeg", (1152, 864), 20),
 }
 SECTION = "## Image intake (issue 3)"
+INTRO = """\
+Preparing one image for the model: vlmserve's `MediaIntake.prepare_images` (strict base64, format
+sniffing, header checks, JPEG decoded at reduced DCT scale where the target allows, Lanczos to the
+final size, EXIF orientation, sRGB, metadata dropped, SHA-256 identity of the pixels, on the
+intake's thread pool) against the plain path most servers use (`base64.b64decode`, `Image.open`,
+`convert("RGB")`, `resize(LANCZOS)` to the same final size), in interleaved rounds of the same run.
+Sizes are SmolVLM-256M's budgets: longest side 512 (`detail=low`) and 2048 (`detail=high`).
+Inputs are synthetic photos made by the script (smooth shading, hard-edged shapes, texture, noise;
+JPEG quality 92). "repeat" is the same image in a later turn of the conversation (a new string
+with the same content), answered by the content-addressed cache; PSNR compares vlmserve's pixels
+with the plain path's (the lowest over the request's images; 99 means identical); peak memory is
+the growth of the resident set while preparing, one fresh process per path."""
+NOTES = """\
+The JPEG gains come from decoding in the DCT domain: 1/4 scale for 512 px, 1/2 scale plus a 1.6%
+bilinear enlargement for 2048 px (`jpeg_draft_slack`, default 3%; 1/8 scale is never used short
+of the target because its DC-only decode aliases). A PNG has no reduced-scale decode, so both paths
+spend their time in zlib and the ratio stays near 1x; at `detail=high` the 1 MP images need no
+resizing at all and vlmserve's extra work is the identity hash and the sanitizing, paid once per
+image since every later turn is a cache hit. The many-image request runs on the intake's thread
+pool (4 workers, 2 cores)."""
 CACHE = Path(tempfile.gettempdir()) / "vlmserve-bench-intake"
 _TINY = io.BytesIO()
 Image.new("RGB", (2, 2)).save(_TINY, "PNG")
@@ -237,7 +257,8 @@ def main() -> None:
     rows = table(args.repeats)
     print(rows)
     if args.write:
-        write_section(args.write, rows)
+        command = f"    .venv/bin/python bench/bench_intake.py --repeats {args.repeats} --write {args.write}"
+        write_section(args.write, "\n\n".join([SECTION, INTRO, command, rows, NOTES]) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 from vlmserve.media.types import PreparedImage
 
 T = TypeVar("T")
-_SAMPLES = 64  # pieces of the text hashed for a data URL's fingerprint
+_SAMPLES = 32  # pieces of the text hashed for a data URL's fingerprint
 _SAMPLE_LEN = 256
 
 
@@ -70,6 +70,7 @@ class TextKey:
 
 @dataclass(slots=True)
 class _Entry:
+    key: Hashable  # the stored key: re-finding it is an identity check, not another memcmp
     value: PreparedImage
     num_bytes: int
 
@@ -89,7 +90,7 @@ class ImageCache:
         if entry is None:
             self.misses += 1
             return None
-        self._entries.move_to_end(key)
+        self._entries.move_to_end(entry.key)
         self.hits += 1
         return entry.value
 
@@ -101,7 +102,7 @@ class ImageCache:
         old = self._entries.pop(key, None)
         if old is not None:
             self._num_bytes -= old.num_bytes
-        self._entries[key] = _Entry(value, size)
+        self._entries[key] = _Entry(key, value, size)
         self._num_bytes += size
         while self._num_bytes > self._max_bytes:
             _, evicted = self._entries.popitem(last=False)

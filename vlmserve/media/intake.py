@@ -31,6 +31,7 @@ from vlmserve.media.sources import (
     HttpSource,
     StepFileSource,
     decode_data,
+    parse_data_url,
     parse_source,
 )
 from vlmserve.media.types import ImagePolicy, MediaRef, PreparedImage
@@ -116,8 +117,33 @@ class MediaIntake:
         _check_kinds(refs)
         _check_count(refs, policy)
         budget = RequestBudget(policy.max_total_bytes)
+        cached = self._all_cached(refs, policy)
+        if cached is not None:  # a later turn resending its history: no task, no thread
+            for ref, image in zip(refs, cached, strict=True):
+                budget.take(image.num_bytes, f"image {ref.ordinal} ({ref.position})")
+            return cached
         tasks = [asyncio.create_task(self._prepare_one(r, policy, owner, budget)) for r in refs]
         return await _in_order(tasks)
+
+    def _all_cached(
+        self, refs: Sequence[MediaRef], policy: ImagePolicy
+    ) -> list[PreparedImage] | None:
+        """Every image of the request from the cache, or None (then the full path runs)."""
+        found: list[PreparedImage] = []
+        for ref in refs:
+            if not ref.url.startswith("data:"):
+                return None
+            try:
+                source = parse_data_url(ref.url, "")
+            except (MediaError, UnsupportedContentError):
+                return None  # the full path raises it, in order
+            hit = self._cache.get(
+                TextKey(source.url, sizing_for(policy, ref.detail, self._settings))
+            )
+            if hit is None:
+                return None
+            found.append(hit)
+        return found
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
