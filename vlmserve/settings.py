@@ -92,6 +92,8 @@ class RemoteEngineSettings(_Frozen):
 
 class StorageSettings(_Frozen):
     data_dir: Path = Path("~/.local/share/vlmserve")
+    max_upload_bytes: int = Field(128 * 1024 * 1024, gt=0)  # one file of POST /v1/files
+    max_files_per_owner: int = Field(1000, ge=1)  # the hosted platform's limit per account
 
 
 class Settings(BaseSettings):

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from vlmserve.api.errors import install_error_handlers
 from vlmserve.api.middleware import TraceMiddleware
-from vlmserve.api.routes import chat, health, models, tokens
+from vlmserve.api.routes import chat, files, health, models, tokens
 from vlmserve.api.services import Services, build_services
 from vlmserve.settings import Settings
 
@@ -35,6 +35,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.services = built
     install_error_handlers(app)
     app.add_middleware(TraceMiddleware, max_body_bytes=settings.server.max_body_bytes)
-    for router in (chat.router, models.router, tokens.router, health.router):
+    for router in (chat.router, files.router, models.router, tokens.router, health.router):
         app.include_router(router)
     return app

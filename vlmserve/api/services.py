@@ -15,11 +15,14 @@ from vlmserve.api.auth import KeyChecker
 from vlmserve.catalog.registry import Catalog, catalog_from_settings
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.client import EngineClient
+from vlmserve.media.fetch import SafeFetcher
 from vlmserve.media.intake import MediaIntake
 from vlmserve.serving.chat import ChatService
+from vlmserve.serving.files import FileService
 from vlmserve.serving.prepare import PromptPreparer
 from vlmserve.serving.tokens import TokenService
 from vlmserve.settings import Settings
+from vlmserve.storage.files import FileStore
 
 log = logging.getLogger("vlmserve")
 
@@ -36,6 +39,7 @@ class Services:
     chat: ChatService
     tokens: TokenService
     keys: KeyChecker
+    files: FileService
 
     async def start(self) -> None:
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
@@ -43,6 +47,7 @@ class Services:
     async def close(self) -> None:
         await asyncio.gather(*(engine.close() for engine in self.engines.values()))
         await self.intake.close()
+        await self.files.close()
 
 
 def default_engine_factory(binding: EngineBinding, settings: Settings) -> EngineClient:
@@ -63,7 +68,8 @@ def build_services(
 ) -> Services:
     catalog = catalog or catalog_from_settings(settings.catalog, settings.engine)
     engines = {binding: engine_factory(binding, settings) for binding in catalog.bindings()}
-    intake = MediaIntake(settings.media)
+    store = FileStore.from_settings(settings.storage)  # touches the disk on first use only
+    intake = MediaIntake(settings.media, files=store)
     preparer = PromptPreparer(catalog, engines, intake, settings.media)
     return Services(
         settings=settings,
@@ -74,4 +80,5 @@ def build_services(
         chat=ChatService(preparer),
         tokens=TokenService(preparer),
         keys=KeyChecker(settings.server.api_keys),
+        files=FileService(store, SafeFetcher(settings.media), settings.storage),
     )

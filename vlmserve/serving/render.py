@@ -86,7 +86,6 @@ def _user_parts(
         if isinstance(part, TextContent):
             parts.append(TextPart(part.text))
         elif isinstance(part, ImageContent):
-            _refuse_stepfile(part.image_url.url, f"{where}.image_url.url")
             ordinal = sum(1 for r in refs if r.kind == "image") + 1
             detail = part.image_url.detail or "auto"
             refs.append(
@@ -102,15 +101,6 @@ def _user_parts(
                 param=where,
             )
     return tuple(parts)
-
-
-def _refuse_stepfile(url: str, where: str) -> None:
-    if url.startswith("stepfile://"):
-        raise NotSupportedYetError(
-            f"{where}: stepfile:// references are not supported yet by this server; "
-            "send the image as an http(s) URL or a base64 data URL.",
-            param=where,
-        )
 
 
 def _refuse_video(spec: ModelSpec, where: str, video_models: Sequence[str]) -> None:
