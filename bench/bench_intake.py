@@ -257,8 +257,11 @@ def main() -> None:
     rows = table(args.repeats)
     print(rows)
     if args.write:
-        command = f"    .venv/bin/python bench/bench_intake.py --repeats {args.repeats} --write {args.write}"
-        write_section(args.write, "\n\n".join([SECTION, INTRO, command, rows, NOTES]) + "\n")
+        command = (
+            f"    .venv/bin/python bench/bench_intake.py --repeats {args.repeats} --write FILE"
+        )
+        body = "\n\n".join([SECTION, INTRO, command.replace("FILE", str(args.write)), rows, NOTES])
+        write_section(args.write, body + "\n")
 
 
 if __name__ == "__main__":
