@@ -19,7 +19,8 @@ from tests.storage.samples import VIDEOS, animated, image, video
 from vlmserve.settings import Settings
 
 MODEL = "step-1o-turbo-vision"
-KEYS = tuple(f"key-{i}" for i in range(40))
+KEYS = tuple(f"key-{i}" for i in range(100))  # one fresh account per test
+OTHER_KEYS = ("other-1", "other-2")  # accounts a test shares a file with, never fresh
 MAX_FILES = 3
 MAX_UPLOAD = 256 * 1024
 PNG = image("PNG")
@@ -33,7 +34,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def files_server(data_dir: Path) -> Iterator[LiveServer]:
     settings = Settings(
-        server={"api_keys": KEYS},
+        server={"api_keys": KEYS + OTHER_KEYS},
         media={"allow_loopback": True},
         storage={
             "data_dir": data_dir,
@@ -201,7 +202,7 @@ def test_file_count_limit_per_owner_is_400_until_a_file_is_deleted(
     with pytest.raises(openai.BadRequestError) as caught:
         client.files.create(file=("x.png", PNG), purpose="storage")  # type: ignore[arg-type]
     assert caught.value.code == "too_many_files" and "Delete" in caught.value.message
-    sdk(files_server, KEYS[-1]).files.create(file=("x.png", PNG), purpose="storage")  # type: ignore[arg-type]
+    sdk(files_server, OTHER_KEYS[0]).files.create(file=("x.png", PNG), purpose="storage")  # type: ignore[arg-type]
     client.files.delete(created[0].id)
     client.files.create(file=("x.png", PNG), purpose="storage")  # type: ignore[arg-type]
 
@@ -219,7 +220,7 @@ def test_sdk_list_pages_through_every_file(files_server: LiveServer, key: str) -
 def test_owners_cannot_see_read_delete_or_chat_with_each_others_files(
     files_server: LiveServer, key: str
 ) -> None:
-    owner, other = sdk(files_server, key), sdk(files_server, KEYS[-2])
+    owner, other = sdk(files_server, key), sdk(files_server, OTHER_KEYS[1])
     created = owner.files.create(file=("mine.png", PNG), purpose="storage")  # type: ignore[arg-type]
     assert created.id not in [f.id for f in other.files.list()]
     for call in (other.files.retrieve, other.files.content, other.files.delete):
