@@ -34,7 +34,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.services = built
     install_error_handlers(app)
-    app.add_middleware(TraceMiddleware, max_body_bytes=settings.server.max_body_bytes)
+    upload_cap = max(settings.server.max_body_bytes, settings.storage.max_upload_bytes + 2**20)
+    app.add_middleware(
+        TraceMiddleware,
+        max_body_bytes=settings.server.max_body_bytes,
+        path_limits={"/v1/files": upload_cap},  # the upload's own 413 names the exact limit
+    )
     for router in (chat.router, files.router, models.router, tokens.router, health.router):
         app.include_router(router)
     return app

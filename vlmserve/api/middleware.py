@@ -19,9 +19,12 @@ TRACE_HEADER = b"x-trace-id"
 class TraceMiddleware:
     """Gives every request an ``X-Trace-Id`` (in the response, the log line and 5xx messages)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, path_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.path_limits = path_limits or {}  # e.g. uploads: a larger cap on POST /v1/files
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,13 +45,12 @@ class TraceMiddleware:
                 ]
             await send(message)
 
+        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
         try:
-            if self._declared_too_large(scope):
-                await self._send_error(
-                    send_with_trace, PayloadTooLargeError(_too_large(self.max_body_bytes))
-                )
+            if self._declared_too_large(scope, limit):
+                await self._send_error(send_with_trace, PayloadTooLargeError(_too_large(limit)))
             else:
-                await self.app(scope, self._capped(scope, receive), send_with_trace)
+                await self.app(scope, self._capped(scope, receive, limit), send_with_trace)
         except Exception:
             # A bug: answer 500 with the trace id (inside this middleware, so the header is set).
             log.exception("unhandled error, trace=%s", trace_id)
@@ -63,18 +65,19 @@ class TraceMiddleware:
                     "%s %s %d %.1fms trace=%s", scope["method"], scope["path"], status, ms, trace_id
                 )
 
-    def _declared_too_large(self, scope: Scope) -> bool:
+    @staticmethod
+    def _declared_too_large(scope: Scope, limit: int) -> bool:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
-                    return int(value) > self.max_body_bytes
+                    return int(value) > limit
                 except ValueError:
                     return False
         return False
 
-    def _capped(self, scope: Scope, receive: Receive) -> Receive:
+    @staticmethod
+    def _capped(scope: Scope, receive: Receive, limit: int) -> Receive:
         received = 0
-        limit = self.max_body_bytes
 
         async def capped() -> Message:
             nonlocal received

@@ -30,7 +30,7 @@ class FileSource(Protocol):
     """Uploaded files, as ``media`` needs them (``storage.files.FileStore`` satisfies it).
 
     ``open`` returns the whole content of the file ``file_id`` if it exists and belongs to
-    ``owner`` (an empty owner: authentication is off, any file is visible). It raises
+    ``owner`` (matched exactly: "" is the one owner when authentication is off). It raises
     ``LookupError`` (or ``vlmserve.errors.NotFoundError``) when the id is unknown or belongs to
     someone else; media turns that into a 400 naming the part. It must not block the event loop.
     """
