@@ -1,0 +1,43 @@
+"""The command line: version, catalogue listing, dummy models, bad input → exit 2 with a message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlmserve import __version__
+from vlmserve.cli import main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_models_lists_the_catalogue_with_limits_and_bindings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["models", "--model", "/srv/models/smol"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_id = {row["id"]: row for row in rows}
+    assert set(by_id) == {"step-1o-turbo-vision", "step-1o-vision-32k", "step-1v-8k", "step-1v-32k"}
+    assert by_id["step-1o-turbo-vision"]["max_images"] == 60
+    assert by_id["step-1v-8k"]["max_images"] == 50
+    assert by_id["step-1v-8k"]["context_window"] == 8192
+    assert all(row["model"] == "/srv/models/smol" for row in rows)
+
+
+def test_make_dummy_model_rejects_an_unknown_family(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["make-dummy-model", str(tmp_path / "m"), "--family", "llama"]) == 2
+    assert "idefics3" in capsys.readouterr().err
+
+
+def test_bad_config_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml" in capsys.readouterr().err
