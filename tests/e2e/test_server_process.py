@@ -63,7 +63,9 @@ def test_seeded_greedy_output_is_reproducible(server: ServerProcess) -> None:
 
 def test_async_concurrent_requests_all_complete(server: ServerProcess) -> None:
     async def run() -> list[str | None]:
-        aclient = openai.AsyncOpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=120)
+        aclient = openai.AsyncOpenAI(
+            base_url=server.api, api_key="unused", max_retries=0, timeout=120
+        )
         calls = [
             aclient.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": f"count {i}"}], max_tokens=6
@@ -79,7 +81,11 @@ def test_async_concurrent_requests_all_complete(server: ServerProcess) -> None:
 
 def test_streaming_with_n_choices_through_the_sdk(server: ServerProcess) -> None:
     stream = client(server).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=6, n=2, stream=True,
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=6,
+        n=2,
+        stream=True,
     )
     finished: dict[int, str] = {}
     usage_seen = []
@@ -94,7 +100,12 @@ def test_streaming_with_n_choices_through_the_sdk(server: ServerProcess) -> None
 
 
 def test_raw_sse_framing(server: ServerProcess) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "stream": True,
+    }
     with httpx.stream("POST", server.api + "/chat/completions", json=body, timeout=120) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         assert len(resp.headers["x-trace-id"]) == 32
@@ -145,16 +156,30 @@ def test_prompt_over_the_context_window_is_400_with_both_numbers(server: ServerP
 
 def test_disconnect_mid_stream_frees_the_engine(server: ServerProcess) -> None:
     body = {
-        "model": MODEL, "messages": [{"role": "user", "content": "go on"}],
-        "max_tokens": 3000, "temperature": 1.0, "stream": True,
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "go on"}],
+        "max_tokens": 3000,
+        "temperature": 1.0,
+        "seed": 3,
+        "stream": True,
     }
     with httpx.stream("POST", server.api + "/chat/completions", json=body, timeout=120) as resp:
         for i, _ in enumerate(resp.iter_lines()):
             if i > 6:
-                break  # hang up mid-stream
+                assert busy(server)  # still generating when the client hangs up
+                break
+    deadline = time.monotonic() + 5
+    while busy(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not busy(server)  # the abandoned 3000-token answer was aborted
     started = time.monotonic()
     reply = client(server).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
     )
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert time.monotonic() - started < 5  # not queued behind the abandoned 3000-token answer
+
+
+def busy(server: ServerProcess) -> bool:
+    engines = httpx.get(server.base_url + "/readyz", timeout=10).json()["engines"].values()
+    return any(e["running"] or e["waiting"] for e in engines)

@@ -156,3 +156,5 @@ class EngineHealth:
     # The processor's longest-edge budgets for detail=low and detail=high, once known (media sizes
     # images to these before the processor sees them).
     image_edges: tuple[int, int] | None = None
+    num_running: int = 0  # sequences generating now
+    num_waiting: int = 0  # sequences queued behind them

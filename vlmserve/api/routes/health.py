@@ -20,7 +20,12 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     engines = {}
     for binding, engine in services.engines.items():
         health = await engine.health()
-        engines[binding.model] = {"ready": health.ready, "detail": health.detail}
+        engines[binding.model] = {
+            "ready": health.ready,
+            "detail": health.detail,
+            "running": health.num_running,
+            "waiting": health.num_waiting,
+        }
     ready = all(e["ready"] for e in engines.values())
     body = {"status": "ready" if ready else "not_ready", "engines": engines}
     return JSONResponse(body, status_code=200 if ready else 503)
