@@ -1,19 +1,18 @@
 """``LocalEngine``: the async ``EngineClient`` over an embedded transformers model.
 
-The event loop never runs model code: loading runs in a background thread, prompt preparation
-(chat template + processor) in a one-thread executor, generation on the step thread of
-``EngineCore``. Events come back through an asyncio queue fed with ``call_soon_threadsafe``.
+The event loop never runs model code: loading runs in a background thread; prompt preparation
+(chat template + processor) and generation run on the step thread of ``EngineCore`` (one thread
+for all torch work, see core.py). Events come back through an asyncio queue fed with
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from vlmserve.catalog.spec import EngineBinding
@@ -60,9 +59,6 @@ class LocalEngine:
         self._loaded: LoadedModel | None = None
         self._core: EngineCore | None = None
         self._preparer: PromptPreparer | None = None
-        self._decode_tokenizer: object | None = None
-        # One thread: HF fast tokenizers must not be used from two threads at once.
-        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="vlmserve-prepare")
         self._num_preparing = 0
         self._preparing_ids: dict[str, int] = {}  # request id → how many are being prepared
         self._early_aborts: set[str] = set()  # aborted while being prepared
@@ -82,40 +78,28 @@ class LocalEngine:
             core, self._core, self._loaded, self._preparer = self._core, None, None, None
         if core is not None:
             await asyncio.to_thread(core.close)
-        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        # Errors raise from the first ``__anext__``, before any event.
         core, loaded = self._ready()
         if self._num_preparing + core.num_waiting >= self.settings.max_queue:
             raise OverloadedError(
                 f"The engine has {self.settings.max_queue} requests waiting; retry later."
             )
         _check_sampling(request.sampling)
-        prepared = await self._prepare_request(request)
+        prepared, aborted = await self._prepare_request(request)
         max_new_tokens = _budget(prepared, request, loaded.max_model_len)
-        if request.request_id in self._early_aborts:
-            self._early_aborts.discard(request.request_id)
+        if aborted:
             yield Started(prepared.usage)
             for index in range(request.sampling.n):
                 yield Finished(index, FinishReason.ABORT)
             return
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Item] = asyncio.Queue()
-
-        def put_all(items: list[Item]) -> None:
-            for item in items:
-                events.put_nowait(item)
-
-        def sink(items: list[Item]) -> None:
-            # A closed loop raises RuntimeError: nobody is listening any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(put_all, items)
-
-        seq = Sequence(request, prepared, max_new_tokens, self._decode_tokenizer, sink)
+        channel = _Channel(asyncio.get_running_loop())
+        seq = Sequence(request, prepared, max_new_tokens, loaded.tokenizer, channel.sink)
         core.submit(seq)
         done = False
         try:
-            while (item := await events.get()) is not None:
+            while (item := await channel.get()) is not None:
                 if isinstance(item, VlmserveError):
                     done = True
                     raise item
@@ -158,24 +142,30 @@ class LocalEngine:
             )
         raise OverloadedError(f"The model is not available: {self._detail}")
 
-    async def _prepare_request(self, request: GenerationRequest) -> PreparedPrompt:
+    async def _prepare_request(self, request: GenerationRequest) -> tuple[PreparedPrompt, bool]:
+        """The prepared prompt, and whether ``abort`` named the request meanwhile."""
         rid = request.request_id
         self._preparing_ids[rid] = self._preparing_ids.get(rid, 0) + 1
         try:
-            return await self._prepare(request.prompt)
+            prepared = await self._prepare(request.prompt)
         finally:
             self._preparing_ids[rid] -= 1
             if not self._preparing_ids[rid]:
                 del self._preparing_ids[rid]
+                aborted = rid in self._early_aborts
+                self._early_aborts.discard(rid)
+        return prepared, aborted
 
     async def _prepare(self, prompt: Prompt) -> PreparedPrompt:
-        preparer = self._preparer
-        if preparer is None:
+        preparer, core = self._preparer, self._core
+        if preparer is None or core is None:
             raise OverloadedError(f"The model is not available: {self._detail}")
         self._num_preparing += 1
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._prepare_pool, preparer.prepare, prompt)
+            prepared: PreparedPrompt = await asyncio.wrap_future(
+                core.call(lambda: preparer.prepare(prompt))
+            )
+            return prepared
         finally:
             self._num_preparing -= 1
 
@@ -197,12 +187,30 @@ class LocalEngine:
             if self._state != "loading":  # closed while loading
                 return
             self._loaded, self._preparer, self._core = loaded, preparer, core
-            # The step thread detokenizes with its own copy: no tokenizer is shared by threads.
-            self._decode_tokenizer = copy.deepcopy(loaded.tokenizer)
             core.start()
             self._state = "ready"
             self._detail = f"{self.binding.model} ready on {loaded.device} ({loaded.dtype})"
         log.info("%s", self._detail)
+
+
+class _Channel:
+    """Items from the step thread to one generate() call on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[Item] = asyncio.Queue()
+
+    def sink(self, items: list[Item]) -> None:
+        """Called on the step thread. A closed loop raises RuntimeError: nobody listens any more."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._put_all, items)
+
+    async def get(self) -> Item:
+        return await self._queue.get()
+
+    def _put_all(self, items: list[Item]) -> None:
+        for item in items:
+            self._queue.put_nowait(item)
 
 
 def _check_sampling(params: SamplingParams) -> None:
