@@ -129,6 +129,8 @@ class LocalEngine:
             detail=self._detail,
             max_model_len=loaded.max_model_len,
             image_edges=loaded.family.image_edges(),
+            num_running=len(self._core.scheduler.running) if self._core else 0,
+            num_waiting=self._core.num_waiting if self._core else 0,
         )
 
     def _ready(self) -> tuple[EngineCore, LoadedModel]:
