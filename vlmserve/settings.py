@@ -57,6 +57,13 @@ class EngineSettings(_Frozen):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     max_queue: int = Field(256, ge=1)  # requests waiting beyond this → 503
+    # The automatic prompt cache (local engine): KV of 256-token prompt blocks keyed by their
+    # tokens, the media in them and the tenant, plus vision features keyed by media identity;
+    # each LRU within its byte budget (engine device memory). Off: every prompt is computed whole.
+    prompt_cache: bool = True
+    prefix_cache_bytes: int = Field(2 * 1024**3, ge=0)  # KV blocks
+    encoder_cache_bytes: int = Field(256 * 1024**2, ge=0)  # vision features
+    prefix_block_tokens: Literal[256] = 256  # fixed: the platform caches in 256-token units
 
 
 class CatalogSettings(_Frozen):

@@ -149,6 +149,34 @@ Event = Started | Delta | Finished
 
 
 @dataclass(frozen=True, slots=True)
+class PromptCacheStats:
+    """The automatic prompt cache of an engine that has one (the local engine): the prefix KV
+    cache (256-token blocks) and the vision-encoder cache, counted since the engine started."""
+
+    num_requests: int = 0  # prefills that looked their prompt up
+    num_hit_requests: int = 0  # ... that reused at least one block
+    num_prompt_tokens: int = 0  # prompt tokens of those prefills
+    num_cached_tokens: int = 0  # ... served from the cache (usage.cached_tokens, summed)
+    num_blocks: int = 0
+    kv_bytes: int = 0  # memory the cached blocks hold
+    kv_max_bytes: int = 0
+    num_evicted_blocks: int = 0
+    num_encoder_hits: int = 0  # media items whose features came from the encoder cache
+    num_encoder_misses: int = 0  # ... that ran the vision tower
+    encoder_bytes: int = 0
+    encoder_max_bytes: int = 0
+    num_evicted_encodings: int = 0
+
+    @property
+    def token_hit_rate(self) -> float:
+        return self.num_cached_tokens / self.num_prompt_tokens if self.num_prompt_tokens else 0.0
+
+    @property
+    def request_hit_rate(self) -> float:
+        return self.num_hit_requests / self.num_requests if self.num_requests else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class EngineHealth:
     ready: bool
     detail: str
@@ -158,3 +186,4 @@ class EngineHealth:
     image_edges: tuple[int, int] | None = None
     num_running: int = 0  # sequences generating now
     num_waiting: int = 0  # sequences queued behind them
+    prompt_cache: PromptCacheStats | None = None  # None: the engine has no prompt cache (or off)

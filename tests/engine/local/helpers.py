@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,7 +65,11 @@ def image(width: int = 100, height: int = 60, seed: int = 0) -> Image.Image:
 
 
 def media(*images: Image.Image) -> tuple[MediaInput, ...]:
-    return tuple(MediaInput("image", (im,), f"id{i}") for i, im in enumerate(images))
+    # Identities are content hashes, as media/identity.py makes them: the engine's encoder cache
+    # keys on them (``image()`` is random noise, different at every call).
+    return tuple(
+        MediaInput("image", (im,), hashlib.sha256(im.tobytes()).hexdigest()) for im in images
+    )
 
 
 def text_prompt(text: str = "Tell me a story.") -> Prompt:

@@ -84,7 +84,8 @@ def test_images_are_placed_where_their_parts_are(tiny_models: dict[str, Path], f
     token = prep.processor.image_token
     assert text.index("first") < text.index(token) < text.index("ok")
     assert text.count(token) == 2
-    assert prep.prepare(prompt).media_identities == ("id1", "id0")
+    identities = (prompt.media[1].identity, prompt.media[0].identity)
+    assert prep.prepare(prompt).media_identities == identities
 
 
 def test_reference_to_missing_media_is_a_bad_request(qwen2_vl: PromptPreparer) -> None:

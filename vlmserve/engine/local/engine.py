@@ -19,6 +19,7 @@ from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.local.core import EngineCore
 from vlmserve.engine.local.loader import LoadedModel, load_model
 from vlmserve.engine.local.model_runner import ModelRunner
+from vlmserve.engine.local.prefix_cache import PrefixCache
 from vlmserve.engine.local.prompt import PreparedPrompt, PromptPreparer
 from vlmserve.engine.local.scheduler import Scheduler
 from vlmserve.engine.local.sequence import Item, Sequence
@@ -131,6 +132,7 @@ class LocalEngine:
             image_edges=loaded.family.image_edges(),
             num_running=len(self._core.scheduler.running) if self._core else 0,
             num_waiting=self._core.num_waiting if self._core else 0,
+            prompt_cache=self._core.runner.prompt_cache_stats() if self._core else None,
         )
 
     def _ready(self) -> tuple[EngineCore, LoadedModel]:
@@ -175,7 +177,9 @@ class LocalEngine:
         try:
             loaded = load_model(self.binding, self.settings)
             preparer = PromptPreparer(loaded.processor, loaded.family)
-            core = EngineCore(ModelRunner(loaded), Scheduler(self.max_num_seqs))
+            core = EngineCore(
+                ModelRunner(loaded, self._prefix_cache(loaded)), Scheduler(self.max_num_seqs)
+            )
         except Exception as exc:
             log.exception("failed to load %s", self.binding.model)
             with self._lock:
@@ -193,6 +197,13 @@ class LocalEngine:
             self._state = "ready"
             self._detail = f"{self.binding.model} ready on {loaded.device} ({loaded.dtype})"
         log.info("%s", self._detail)
+
+    def _prefix_cache(self, loaded: LoadedModel) -> PrefixCache | None:
+        if not self.settings.prompt_cache:
+            return None
+        return PrefixCache(
+            loaded.model, loaded.family, loaded.processor, self.settings, self.binding.model
+        )
 
 
 class _Channel:

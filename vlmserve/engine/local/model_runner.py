@@ -4,6 +4,10 @@ Each running sequence has its own ``DynamicCache`` with one row per live choice:
 prefilled once (batch 1) and the cache repeated ``n`` times, so ``n`` choices cost one prefill.
 Positions are always passed explicitly (3-D for M-RoPE families), so no per-model state such as
 Qwen2-VL's ``rope_deltas`` is shared between sequences. Makes no scheduling decisions.
+
+With a ``PrefixCache`` (the automatic prompt cache) a prefill starts after the prompt's longest
+cached block-aligned prefix and feeds ``inputs_embeds`` that prefix_cache.py built (cached vision
+features included); positions are still computed for the whole prompt, then sliced.
 """
 
 from __future__ import annotations
@@ -14,11 +18,10 @@ from typing import Any
 import torch
 
 from vlmserve.engine.local.loader import LoadedModel
-from vlmserve.engine.local.prefix_cache import NoPrefixCache, PrefixCache, PrefixHit
+from vlmserve.engine.local.prefix_cache import PrefixCache
 from vlmserve.engine.local.sampler import apply_penalties, make_generator, sample
 from vlmserve.engine.local.sequence import Sequence
-
-_MEDIA_INPUTS = ("pixel_values", "pixel_attention_mask", "image_grid_thw", "pixel_values_videos")
+from vlmserve.engine.types import PromptCacheStats
 
 
 @dataclass(slots=True)
@@ -41,7 +44,7 @@ class ModelRunner:
         self.eos_token_ids = loaded.eos_token_ids
         self.cache_kwarg = loaded.cache_kwarg
         self.num_tokens = len(loaded.tokenizer)  # logits past the tokenizer are never sampled
-        self.prefix_cache: PrefixCache = prefix_cache or NoPrefixCache()
+        self.prefix_cache = prefix_cache
         self._states: dict[int, _State] = {}
 
     @torch.inference_mode()
@@ -49,15 +52,17 @@ class ModelRunner:
         """Run the prompt, set ``seq.num_cached_tokens``; returns choice index → first token."""
         inputs = self._to_device(seq.prompt.model_inputs)
         positions, rope_delta = self.family.prefill_positions(inputs)
-        hit = self._match(seq)
-        cache = hit.cache if hit else self._new_cache()
-        if hit:
-            span = seq.prompt.media_span
-            media_in_tail = span is not None and span[1] > hit.num_tokens
-            inputs, positions = _suffix(inputs, positions, hit.num_tokens, media_in_tail)
-            seq.num_cached_tokens = hit.num_tokens
-        logits = self._forward(inputs, positions, cache)
-        self.prefix_cache.store(seq.prompt, seq.tenant, cache, rope_delta)
+        plan = self.prefix_cache.plan(seq, inputs) if self.prefix_cache else None
+        if plan is None:
+            cache = self._new_cache()
+            logits = self._forward(inputs, positions, cache)
+        else:
+            cache = plan.cache
+            embeds = {"inputs_embeds": plan.inputs_embeds}
+            logits = self._forward(embeds, positions[..., plan.start :], cache)
+            seq.num_cached_tokens = plan.start
+            assert self.prefix_cache is not None
+            self.prefix_cache.commit(seq, plan)
         n = seq.sampling.n
         if n > 1:
             cache.batch_repeat_interleave(n)
@@ -106,6 +111,11 @@ class ModelRunner:
 
     def free(self, seq: Sequence) -> None:
         self._states.pop(seq.seq_id, None)
+        if self.prefix_cache is not None:
+            self.prefix_cache.release(seq.seq_id)
+
+    def prompt_cache_stats(self) -> PromptCacheStats | None:
+        return self.prefix_cache.stats() if self.prefix_cache else None
 
     @property
     def num_active(self) -> int:
@@ -142,16 +152,6 @@ class ModelRunner:
         vocab = self.model.config.get_text_config(decoder=True).vocab_size
         return torch.zeros(n, vocab, dtype=torch.float32, device=self.device)
 
-    def _match(self, seq: Sequence) -> PrefixHit | None:
-        hit = self.prefix_cache.match(seq.prompt, seq.tenant)
-        if hit is None or not 0 < hit.num_tokens < seq.prompt.num_tokens:
-            return None
-        span = seq.prompt.media_span
-        has_media = any(k in seq.prompt.model_inputs for k in _MEDIA_INPUTS)
-        if has_media and (span is None or span[0] < hit.num_tokens < span[1]):
-            return None  # a hit may end before the first media token or after the last one only
-        return hit
-
     def _new_cache(self) -> Any:
         from transformers import DynamicCache
 
@@ -165,15 +165,3 @@ class ModelRunner:
                 tensor = tensor.to(self.dtype)
             moved[name] = tensor
         return moved
-
-
-def _suffix(
-    inputs: dict[str, torch.Tensor], positions: torch.Tensor, start: int, media_in_tail: bool
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The inputs for the uncached tail of the prompt (media inputs only if media lie there)."""
-    tail = {"input_ids": inputs["input_ids"][:, start:]}
-    if "mm_token_type_ids" in inputs:
-        tail["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, start:]
-    if media_in_tail:
-        tail.update({k: v for k, v in inputs.items() if k not in tail})
-    return tail, positions[..., start:]

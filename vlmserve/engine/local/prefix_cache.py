@@ -1,46 +1,140 @@
-"""The hook where a prefix KV cache plugs into prefill. ``NoPrefixCache`` is the default.
+"""The automatic prompt cache, as the model runner uses it: ``plan`` a prefill that starts after
+the longest cached block-aligned prefix and takes encoded media from the encoder cache, run it,
+``commit`` the prompt's new blocks, ``release`` them when the sequence ends.
 
-A cache hit hands prefill the KV of the prompt's first ``num_tokens`` tokens, so only the rest is
-run through the model. Keys must fold in the tenant and the identities of the media inside the
-prefix (``PreparedPrompt.media_identities``): equal token ids with different pictures are
-different prefixes.
+Step semantics (reference/step-api.md 8.3): automatic (no request flag), prompts over 256 tokens,
+256-token units; ``usage.cached_tokens`` is the number of prompt tokens whose KV came from the
+cache: a multiple of 256, 0 on a miss, counted inside ``prompt_tokens``. At least one prompt token
+is always computed (its logits give the first answer token), so a prompt of exactly k blocks
+reuses at most k - 1. ``count_tokens`` reports ``cached_tokens=0``: it measures the prompt, and
+whether it would hit depends on what runs before it.
+
+Pieces: block_manager.py (keys, blocks, LRU, pinning), encoder_cache.py (vision features by
+media identity), embedder.py (prompt embeddings from both, for any tail of the prompt). A prompt
+whose media layout cannot be proven (embedder.py) is prefilled whole, the model's own way.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from vlmserve.engine.local.prompt import PreparedPrompt
+import torch
 
+from vlmserve.engine.local.block_manager import (
+    Block,
+    BlockManager,
+    block_keys,
+    fill,
+    salt,
+    supports,
+)
+from vlmserve.engine.local.embedder import Embedder, embedder_for
+from vlmserve.engine.local.encoder_cache import EncoderCache
+from vlmserve.engine.local.family import Family
+from vlmserve.engine.local.sequence import Sequence
+from vlmserve.engine.types import PromptCacheStats
+from vlmserve.settings import EngineSettings
 
-@dataclass(frozen=True, slots=True)
-class PrefixHit:
-    num_tokens: int  # 0 < num_tokens < prompt length: at least one token is always recomputed
-    cache: Any  # a DynamicCache holding exactly those tokens, owned by the caller from now on
-    rope_delta: int  # the position offset decode steps add (M-RoPE families; else 0)
-
-
-class PrefixCache(Protocol):
-    def match(self, prompt: PreparedPrompt, tenant: str) -> PrefixHit | None:
-        """The longest cached prefix of ``prompt``, or None.
-
-        The returned cache is the caller's to extend: an implementation hands out a copy (or
-        reference-counted blocks), never the stored entry itself.
-        """
-        ...
-
-    def store(self, prompt: PreparedPrompt, tenant: str, cache: Any, rope_delta: int) -> None:
-        """Offer the KV of ``prompt`` right after its prefill (it holds only prompt tokens).
-
-        Called before any decoding step extends ``cache``; an implementation that keeps it must
-        copy what it keeps. May ignore the offer.
-        """
+log = logging.getLogger("vlmserve.engine")
 
 
-class NoPrefixCache:
-    def match(self, prompt: PreparedPrompt, tenant: str) -> PrefixHit | None:
-        return None
+@dataclass(slots=True)
+class Prefill:
+    start: int  # prompt tokens whose KV ``cache`` already holds (a multiple of the block size)
+    cache: Any  # a DynamicCache, the sequence's own
+    inputs_embeds: torch.Tensor  # prompt tokens [start:]
+    keys: list[bytes]  # of every full block of the prompt
+    blocks: list[Block]  # the matched ones
+    num_encoded: int  # media items the vision tower ran for
+    num_encoder_hits: int  # media items whose features came from the encoder cache
 
-    def store(self, prompt: PreparedPrompt, tenant: str, cache: Any, rope_delta: int) -> None:
-        return None
+
+class PrefixCache:
+    def __init__(
+        self,
+        model: Any,
+        family: Family,
+        processor: Any,
+        settings: EngineSettings,
+        model_name: str,
+    ) -> None:
+        self.model = model
+        self.model_name = model_name
+        self.block_tokens: int = settings.prefix_block_tokens
+        self.encoder_cache = EncoderCache(settings.encoder_cache_bytes)
+        self.embedder: Embedder | None = embedder_for(family, model, processor, self.encoder_cache)
+        self.blocks = BlockManager(settings.prefix_cache_bytes, self.block_tokens)
+        self.reuses_kv = supports(self.new_cache())
+        self._pins: dict[int, list[Block]] = {}  # seq_id → blocks it holds
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def plan(self, seq: Sequence, inputs: dict[str, torch.Tensor]) -> Prefill | None:
+        """How to prefill ``seq`` (``inputs`` on the device), or None: the model's own way."""
+        token_ids = seq.prompt.token_ids
+        slots = self.embedder.layout(inputs, seq.prompt.media_identities) if self.embedder else None
+        if slots is None:
+            self.blocks.record(len(token_ids), 0)
+            return None
+        keys: list[bytes] = []
+        if self.reuses_kv:
+            keys = block_keys(
+                token_ids, slots, salt(self.model_name, seq.tenant), self.block_tokens
+            )
+        reusable = keys[: (len(token_ids) - 1) // self.block_tokens]
+        blocks = self.blocks.match(reusable, token_ids)
+        self._pins.setdefault(seq.seq_id, []).extend(blocks)
+        start = len(blocks) * self.block_tokens
+        cache = self.new_cache()
+        if blocks:
+            fill(cache, blocks)
+        assert self.embedder is not None
+        embeds, num_encoded, num_hits = self.embedder.embed(inputs, slots, start)
+        self.blocks.record(len(token_ids), start)
+        return Prefill(start, cache, embeds, keys, blocks, num_encoded, num_hits)
+
+    def commit(self, seq: Sequence, plan: Prefill) -> None:
+        """Keep the prompt's blocks; ``plan.cache`` holds exactly the prompt's KV (one row)."""
+        added = self.blocks.store(plan.keys, seq.prompt.token_ids, plan.cache, plan.blocks)
+        self._pins.setdefault(seq.seq_id, []).extend(added)
+        log.info(
+            "prompt cache: request %s: %d prompt tokens, %d cached (%d of %d blocks), "
+            "%d blocks stored; media: %d encoded, %d from the encoder cache; "
+            "kv %.1f MiB in %d blocks",
+            seq.request_id,
+            seq.prompt.num_tokens,
+            plan.start,
+            len(plan.blocks),
+            len(plan.keys),
+            len(added),
+            plan.num_encoded,
+            plan.num_encoder_hits,
+            self.blocks.num_bytes / 2**20,
+            self.blocks.num_blocks,
+        )
+
+    def release(self, seq_id: int) -> None:
+        self.blocks.release(self._pins.pop(seq_id, []))
+
+    def stats(self) -> PromptCacheStats:
+        kv, enc = self.blocks.stats(), self.encoder_cache.stats()
+        return PromptCacheStats(
+            num_requests=kv.num_requests,
+            num_hit_requests=kv.num_hit_requests,
+            num_prompt_tokens=kv.num_prompt_tokens,
+            num_cached_tokens=kv.num_cached_tokens,
+            num_blocks=kv.num_blocks,
+            kv_bytes=kv.num_bytes,
+            kv_max_bytes=kv.max_bytes,
+            num_evicted_blocks=kv.num_evictions,
+            num_encoder_hits=enc.num_hits,
+            num_encoder_misses=enc.num_misses,
+            encoder_bytes=enc.num_bytes,
+            encoder_max_bytes=enc.max_bytes,
+            num_evicted_encodings=enc.num_evictions,
+        )

@@ -1,0 +1,263 @@
+"""Prompt embeddings built by the engine: token embeddings with each media item's vision features
+scattered over its placeholder tokens, for any tail ``[start:]`` of the prompt.
+
+This is what the model's own forward does (embed, run the vision tower, ``masked_scatter`` over
+the placeholder ids), done here so that
+- features come from the ``EncoderCache`` when the item was encoded before (one vision-tower call
+  encodes all the missing items together, exactly as the model would), and
+- a prefill may start anywhere, even inside an image: the features of the items that overlap the
+  tail are sliced to the placeholders that lie in it. Vision features depend on the item's pixels
+  only (idefics3 tiles are separate batch rows; Qwen2-VL attends within each item), so a slice
+  equals what a full prefill scatters there.
+
+``layout`` maps the prompt's media (``PreparedPrompt.media_identities``, in prompt order) to their
+placeholder tokens; it returns None when that mapping cannot be proven from the inputs (an unknown
+family, counts that disagree), and the runner then prefills the whole prompt the model's own way
+without the prefix cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from vlmserve.engine.local.encoder_cache import EncoderCache
+from vlmserve.engine.local.family import Family, Idefics3, Qwen2VL
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSlot:
+    """One media item of a prompt: ``[start, end)`` spans its placeholder tokens (the first to the
+    last; idefics3 puts tile markers between them) and it owns ``num_features`` of them."""
+
+    kind: str  # "image" or "video"
+    identity: str
+    index: int  # among the prompt's items of the same kind (their pixel inputs come in this order)
+    start: int
+    end: int
+    num_features: int
+
+
+class Embedder:
+    """Family-agnostic part; subclasses say how items are found and encoded."""
+
+    # kind → the config attribute naming its placeholder token id
+    placeholder_names: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, model: Any, encoder_cache: EncoderCache | None) -> None:
+        self.model = model
+        self.encoder_cache = encoder_cache
+        config = model.config
+        self.placeholder_ids = {
+            kind: int(getattr(config, name)) for kind, name in self.placeholder_names.items()
+        }
+
+    def layout(
+        self, inputs: dict[str, torch.Tensor], identities: tuple[str, ...]
+    ) -> tuple[MediaSlot, ...] | None:
+        """The prompt's media items in prompt order, or None when they cannot be told apart."""
+        input_ids = inputs["input_ids"][0]
+        found = self._items(inputs, input_ids)
+        if found is None or len(found) != len(identities):
+            return None
+        slots, seen = [], dict.fromkeys(self.placeholder_ids, 0)
+        for (kind, positions), identity in zip(found, identities, strict=True):
+            slots.append(
+                MediaSlot(
+                    kind, identity, seen[kind], positions[0], positions[-1] + 1, len(positions)
+                )
+            )
+            seen[kind] += 1
+        for kind, token_id in self.placeholder_ids.items():  # every placeholder belongs to an item
+            if int((input_ids == token_id).sum()) != sum(
+                s.num_features for s in slots if s.kind == kind
+            ):
+                return None
+        return tuple(slots)
+
+    def embed(
+        self, inputs: dict[str, torch.Tensor], slots: tuple[MediaSlot, ...], start: int
+    ) -> tuple[torch.Tensor, int, int]:
+        """``inputs_embeds`` for tokens ``[start:]``; also (items encoded, items from the cache)."""
+        input_ids = inputs["input_ids"]
+        embeds = self.model.get_input_embeddings()(input_ids[:, start:])
+        num_encoded = num_cached = 0
+        for kind, token_id in self.placeholder_ids.items():
+            needed = [s for s in slots if s.kind == kind and s.end > start]
+            if not needed:
+                continue
+            every = [s for s in slots if s.kind == kind]
+            features, encoded = self._features(inputs, kind, every, needed)
+            num_encoded, num_cached = num_encoded + encoded, num_cached + len(needed) - encoded
+            rows = [
+                f[_num_before(input_ids[0], s, token_id, start) :]
+                for s, f in zip(needed, features, strict=True)
+            ]
+            mask = (input_ids[:, start:] == token_id).unsqueeze(-1)
+            merged = torch.cat(rows).to(embeds.device, embeds.dtype)
+            embeds = embeds.masked_scatter(mask, merged)
+        return embeds, num_encoded, num_cached
+
+    def _features(
+        self,
+        inputs: dict[str, torch.Tensor],
+        kind: str,
+        every: list[MediaSlot],
+        slots: list[MediaSlot],
+    ) -> tuple[list[torch.Tensor], int]:
+        cache = self.encoder_cache
+        found = [cache.get(s.kind, s.identity) if cache else None for s in slots]
+        found = [  # an identity stands for the sizing too; a row count that differs is a miss
+            f if f is not None and f.shape[0] == s.num_features else None
+            for s, f in zip(slots, found, strict=True)
+        ]
+        missing = [s for s, f in zip(slots, found, strict=True) if f is None]
+        if missing:
+            fresh = iter(self._encode(inputs, every, missing))
+            for i, features in enumerate(found):
+                if features is None:
+                    found[i] = features = next(fresh)
+                    if cache is not None:  # a copy: a view would keep the whole batch alive
+                        cache.put(kind, slots[i].identity, features.clone())
+        for slot, features in zip(slots, found, strict=True):
+            assert features is not None and features.shape[0] == slot.num_features
+        return [f for f in found if f is not None], len(missing)
+
+    def _items(
+        self, inputs: dict[str, torch.Tensor], input_ids: torch.Tensor
+    ) -> list[tuple[str, list[int]]] | None:
+        """(kind, placeholder positions) of each item in prompt order."""
+        raise NotImplementedError
+
+    def _encode(
+        self, inputs: dict[str, torch.Tensor], every: list[MediaSlot], missing: list[MediaSlot]
+    ) -> list[torch.Tensor]:
+        """Features of ``missing`` (one vision-tower call), in that order; ``every`` lists all the
+        prompt's items of their kind, whose pixel inputs come one after another."""
+        raise NotImplementedError
+
+
+class Idefics3Embedder(Embedder):
+    """Each image is its tiles then a global view, each view ``image_seq_len`` ``<image>``
+    tokens; an image ends with ``<global-img>``, its tokens and ``<fake_token_around_image>``."""
+
+    placeholder_names: ClassVar[dict[str, str]] = {"image": "image_token_id"}
+
+    def __init__(self, model: Any, processor: Any, encoder_cache: EncoderCache | None) -> None:
+        super().__init__(model, encoder_cache)
+        self.seq_len = int(processor.image_seq_len)
+        self.global_id = int(processor.tokenizer.convert_tokens_to_ids("<global-img>"))
+
+    def _items(
+        self, inputs: dict[str, torch.Tensor], input_ids: torch.Tensor
+    ) -> list[tuple[str, list[int]]] | None:
+        placeholders = torch.nonzero(input_ids == self.placeholder_ids["image"]).view(-1).tolist()
+        ends = [g + 1 + self.seq_len for g in torch.nonzero(input_ids == self.global_id).view(-1)]
+        items, taken = [], 0
+        for end in ends:
+            count = 0
+            while taken + count < len(placeholders) and placeholders[taken + count] < end:
+                count += 1
+            if count == 0 or count % self.seq_len:
+                return None
+            items.append(("image", placeholders[taken : taken + count]))
+            taken += count
+        pixel_values = inputs.get("pixel_values")
+        num_tiles = 0 if pixel_values is None else pixel_values.shape[1]
+        if taken != len(placeholders) or taken != num_tiles * self.seq_len:
+            return None
+        return items
+
+    def _encode(
+        self, inputs: dict[str, torch.Tensor], every: list[MediaSlot], missing: list[MediaSlot]
+    ) -> list[torch.Tensor]:
+        tiles = [s.num_features // self.seq_len for s in every]
+        picked = _rows(tiles, [s.index for s in missing]).to(inputs["pixel_values"].device)
+        mask = inputs.get("pixel_attention_mask")
+        out = self.model.model.get_image_features(
+            inputs["pixel_values"][:, picked],
+            None if mask is None else mask[:, picked],
+            return_dict=True,
+        )
+        return list(out.pooler_output[0].split([s.num_features for s in missing]))
+
+
+class Qwen2VLEmbedder(Embedder):
+    """Each item is one run of ``<|image_pad|>`` (or ``<|video_pad|>``) tokens between
+    ``<|vision_start|>`` and ``<|vision_end|>``: grid t*h*w / merge_size^2 of them."""
+
+    placeholder_names: ClassVar[dict[str, str]] = {
+        "image": "image_token_id",
+        "video": "video_token_id",
+    }
+    _inputs: ClassVar[dict[str, tuple[str, str]]] = {
+        "image": ("pixel_values", "image_grid_thw"),
+        "video": ("pixel_values_videos", "video_grid_thw"),
+    }
+
+    def _items(
+        self, inputs: dict[str, torch.Tensor], input_ids: torch.Tensor
+    ) -> list[tuple[str, list[int]]] | None:
+        kinds = {token_id: kind for kind, token_id in self.placeholder_ids.items()}
+        items: list[tuple[str, list[int]]] = []
+        previous = -2
+        for position, token_id in enumerate(input_ids.tolist()):
+            kind = kinds.get(token_id)
+            if kind is None:
+                continue
+            if position == previous + 1 and items[-1][0] == kind:
+                items[-1][1].append(position)
+            else:
+                items.append((kind, [position]))
+            previous = position
+        for kind in self.placeholder_ids:
+            counts = [len(p) for k, p in items if k == kind]
+            if counts != self._sizes(inputs, kind):
+                return None
+        return items
+
+    def _encode(
+        self, inputs: dict[str, torch.Tensor], every: list[MediaSlot], missing: list[MediaSlot]
+    ) -> list[torch.Tensor]:
+        kind = missing[0].kind
+        pixels_name, grid_name = self._inputs[kind]
+        grid = inputs[grid_name]
+        indices = [s.index for s in missing]
+        picked = _rows(grid.prod(-1).tolist(), indices).to(inputs[pixels_name].device)
+        sub_grid = grid[torch.tensor(indices, device=grid.device)]
+        model = self.model.model
+        get = model.get_image_features if kind == "image" else model.get_video_features
+        return list(get(inputs[pixels_name][picked], sub_grid, return_dict=True).pooler_output)
+
+    def _sizes(self, inputs: dict[str, torch.Tensor], kind: str) -> list[int]:
+        grid = inputs.get(self._inputs[kind][1])
+        if grid is None:
+            return []
+        merge = int(self.model.config.vision_config.spatial_merge_size)
+        return [int(n) // merge**2 for n in grid.prod(-1).tolist()]
+
+
+def embedder_for(
+    family: Family, model: Any, processor: Any, encoder_cache: EncoderCache | None
+) -> Embedder | None:
+    """The embedder of ``family``, or None where the engine does not know its media layout."""
+    if isinstance(family, Idefics3):
+        return Idefics3Embedder(model, processor, encoder_cache)
+    if isinstance(family, Qwen2VL):
+        return Qwen2VLEmbedder(model, encoder_cache)
+    return None
+
+
+def _num_before(input_ids: torch.Tensor, slot: MediaSlot, token_id: int, start: int) -> int:
+    """How many of ``slot``'s placeholders lie before ``start`` (already in the cached prefix)."""
+    if start <= slot.start:
+        return 0
+    return int((input_ids[slot.start : start] == token_id).sum())
+
+
+def _rows(sizes: list[int], indices: list[int]) -> torch.Tensor:
+    """The rows of the items ``indices`` in a tensor holding items of ``sizes`` rows in a row."""
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return torch.cat([torch.arange(starts[i], starts[i] + sizes[i]) for i in indices])
