@@ -1,6 +1,8 @@
-"""The automatic prompt cache through a real server: ``cached_tokens`` as Step and OpenAI report it."""
+"""The automatic prompt cache through a real server: `cached_tokens` as Step and OpenAI show it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import openai
 from openai.types import CompletionUsage
@@ -11,7 +13,7 @@ from tests.e2e.test_server_process import MODEL, client, png_data_url
 SYSTEM = "Rules: " + " ".join(f"rule {i} says be brief." for i in range(120))  # > 512 tokens
 
 
-def conversation(color: tuple[int, int, int]) -> list[dict[str, object]]:
+def conversation(color: tuple[int, int, int]) -> Any:
     return [
         {
             "role": "user",
@@ -31,10 +33,10 @@ def cached(usage: CompletionUsage | None) -> int:
     return int(top)
 
 
-def streamed_usages(sdk: openai.OpenAI, messages: list[dict[str, object]]) -> list[int]:
+def streamed_usages(sdk: openai.OpenAI, messages: Any) -> list[int]:
     stream = sdk.chat.completions.create(
         model=MODEL,
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,
         max_tokens=6,
         temperature=0,
         stream=True,
@@ -47,7 +49,7 @@ def test_second_request_reports_cached_tokens_in_every_stream_chunk(server: Serv
     sdk = client(server)
     first = sdk.chat.completions.create(
         model=MODEL,
-        messages=conversation((10, 200, 30)),  # type: ignore[arg-type]
+        messages=conversation((10, 200, 30)),
         max_tokens=6,
         temperature=0,
     )

@@ -19,6 +19,7 @@ from PIL import Image
 
 from tests.engine.local.helpers import FAMILIES, Result, collect, generate, request, start_engine
 from vlmserve.engine.local import LocalEngine
+from vlmserve.engine.local.block_manager import block_keys, salt
 from vlmserve.engine.types import MediaInput, MediaPart, Message, Part, Prompt, Started, TextPart
 
 BLOCK = 256
@@ -183,6 +184,42 @@ def test_multi_turn_conversation_reuses_earlier_turns(engines: Engines) -> None:
         cached.append(on.started.usage.cached_tokens)
         history = (*history, user, Message("assistant", (TextPart(on.text),)))
     assert cached[0] == 0 and 0 < cached[1] < cached[2]
+
+
+def test_a_finished_answer_leaves_the_blocks_it_completed(engines: Engines) -> None:
+    assert engines.on._core is not None and engines.on._preparer is not None
+    cache = engines.on._core.runner.prefix_cache
+    assert cache is not None
+    text = _prompt_ending_just_before_a_block_boundary(engines.on)
+    kept: list[tuple[int, ...]] = []
+    keep_answer = cache.keep_answer
+
+    def recording(seq: Any, kv: Any) -> None:
+        kept.append((*seq.prompt.token_ids, *seq.choices[0].output_ids[:-1]))
+        keep_answer(seq, kv)
+
+    cache.keep_answer = recording  # type: ignore[method-assign,assignment]
+    try:
+        engines.both(text, "k1", max_tokens=16)
+    finally:
+        cache.keep_answer = keep_answer  # type: ignore[method-assign]
+    (token_ids,) = kept
+    num_prompt = engines.on._preparer.prepare(text).num_tokens
+    assert len(token_ids) // BLOCK > num_prompt // BLOCK  # the answer completed a block
+    keys = block_keys(token_ids, (), salt(cache.model_name, ""), BLOCK)
+    hit = cache.blocks.match(keys, token_ids)
+    cache.blocks.release(hit)
+    assert len(hit) == len(token_ids) // BLOCK
+
+
+def _prompt_ending_just_before_a_block_boundary(engine: LocalEngine) -> Prompt:
+    assert engine._preparer is not None
+    for num in range(80, 400):
+        text = prompt(TextPart(words("answer", num)))
+        num_tokens = engine._preparer.prepare(text).num_tokens
+        if num_tokens > BLOCK and BLOCK - 12 <= num_tokens % BLOCK < BLOCK - 2:
+            return text
+    raise AssertionError("no text length ends a prompt just before a block boundary")
 
 
 def test_n_choices_share_one_cached_prefill(engines: Engines) -> None:

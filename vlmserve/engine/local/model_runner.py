@@ -21,7 +21,7 @@ from vlmserve.engine.local.loader import LoadedModel
 from vlmserve.engine.local.prefix_cache import PrefixCache
 from vlmserve.engine.local.sampler import apply_penalties, make_generator, sample
 from vlmserve.engine.local.sequence import Sequence
-from vlmserve.engine.types import PromptCacheStats
+from vlmserve.engine.types import FinishReason, PromptCacheStats
 
 
 @dataclass(slots=True)
@@ -110,9 +110,12 @@ class ModelRunner:
             state.last_tokens = state.last_tokens[index]
 
     def free(self, seq: Sequence) -> None:
-        self._states.pop(seq.seq_id, None)
-        if self.prefix_cache is not None:
-            self.prefix_cache.release(seq.seq_id)
+        state = self._states.pop(seq.seq_id, None)
+        if self.prefix_cache is None:
+            return
+        if state is not None and _is_answered(seq, state):
+            self.prefix_cache.keep_answer(seq, state.cache)
+        self.prefix_cache.release(seq.seq_id)
 
     def prompt_cache_stats(self) -> PromptCacheStats | None:
         return self.prefix_cache.stats() if self.prefix_cache else None
@@ -165,3 +168,15 @@ class ModelRunner:
                 tensor = tensor.to(self.dtype)
             moved[name] = tensor
         return moved
+
+
+def _is_answered(seq: Sequence, state: _State) -> bool:
+    """One choice that ended normally: its cache holds the prompt and the answer (but its last
+    token), computed in full, so the next turn of the conversation may reuse it."""
+    choice = seq.choices[0]
+    return (
+        seq.is_finished
+        and len(seq.choices) == 1
+        and state.rows == [0]
+        and choice.finish_reason not in (None, FinishReason.ABORT)
+    )

@@ -1,6 +1,6 @@
 """The automatic prompt cache, as the model runner uses it: ``plan`` a prefill that starts after
 the longest cached block-aligned prefix and takes encoded media from the encoder cache, run it,
-``commit`` the prompt's new blocks, ``release`` them when the sequence ends.
+``commit`` the prompt's new blocks, ``keep_answer`` and ``release`` when the sequence ends.
 
 Step semantics (reference/step-api.md 8.3): automatic (no request flag), prompts over 256 tokens,
 256-token units; ``usage.cached_tokens`` is the number of prompt tokens whose KV came from the
@@ -8,6 +8,10 @@ cache: a multiple of 256, 0 on a miss, counted inside ``prompt_tokens``. At leas
 is always computed (its logits give the first answer token), so a prompt of exactly k blocks
 reuses at most k - 1. ``count_tokens`` reports ``cached_tokens=0``: it measures the prompt, and
 whether it would hit depends on what runs before it.
+
+Blocks come from prompts (after their prefill) and from answers: when a single-choice answer ends
+normally, the blocks it completed (prompt + answer tokens) are kept too, so the next turn, which
+resends the answer as history, reuses them when its template renders the same token ids.
 
 Pieces: block_manager.py (keys, blocks, LRU, pinning), encoder_cache.py (vision features by
 media identity), embedder.py (prompt embeddings from both, for any tail of the prompt). A prompt
@@ -30,7 +34,7 @@ from vlmserve.engine.local.block_manager import (
     salt,
     supports,
 )
-from vlmserve.engine.local.embedder import Embedder, embedder_for
+from vlmserve.engine.local.embedder import Embedder, MediaSlot, embedder_for
 from vlmserve.engine.local.encoder_cache import EncoderCache
 from vlmserve.engine.local.family import Family
 from vlmserve.engine.local.sequence import Sequence
@@ -67,7 +71,8 @@ class PrefixCache:
         self.embedder: Embedder | None = embedder_for(family, model, processor, self.encoder_cache)
         self.blocks = BlockManager(settings.prefix_cache_bytes, self.block_tokens)
         self.reuses_kv = supports(self.new_cache())
-        self._pins: dict[int, list[Block]] = {}  # seq_id → blocks it holds
+        self._pins: dict[int, list[Block]] = {}  # seq_id → blocks it holds, in key order
+        self._slots: dict[int, tuple[MediaSlot, ...]] = {}  # seq_id → its prompt's media
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -89,6 +94,7 @@ class PrefixCache:
         reusable = keys[: (len(token_ids) - 1) // self.block_tokens]
         blocks = self.blocks.match(reusable, token_ids)
         self._pins.setdefault(seq.seq_id, []).extend(blocks)
+        self._slots[seq.seq_id] = slots
         start = len(blocks) * self.block_tokens
         cache = self.new_cache()
         if blocks:
@@ -118,7 +124,22 @@ class PrefixCache:
             self.blocks.num_blocks,
         )
 
+    def keep_answer(self, seq: Sequence, cache: Any) -> None:
+        """Keep the blocks that the answer completed: a next turn that resends the answer as
+        history reuses them when its template renders the same token ids (keys compare ids)."""
+        slots = self._slots.get(seq.seq_id)
+        if slots is None or not self.reuses_kv:
+            return
+        token_ids = (*seq.prompt.token_ids, *seq.choices[0].output_ids[:-1])  # last: not fed
+        if cache.get_seq_length() != len(token_ids):
+            return
+        keys = block_keys(token_ids, slots, salt(self.model_name, seq.tenant), self.block_tokens)
+        held = self._pins.setdefault(seq.seq_id, [])
+        if len(keys) > len(held):
+            held.extend(self.blocks.store(keys, token_ids, cache, list(held)))
+
     def release(self, seq_id: int) -> None:
+        self._slots.pop(seq_id, None)
         self.blocks.release(self._pins.pop(seq_id, []))
 
     def stats(self) -> PromptCacheStats:
