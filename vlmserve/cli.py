@@ -20,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the API server")
     serve.add_argument("--model", help="bind every catalogue entry to this hub id or directory")
+    _upstream_arguments(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
     serve.add_argument("--config", type=Path, help="a TOML settings file")
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="print the catalogue: limits and engine bindings")
     models.add_argument("--config", type=Path, help="a TOML settings file")
     models.add_argument("--model", help="as for serve")
+    _upstream_arguments(models)
 
     dummy = sub.add_parser("make-dummy-model", help="write a random-weight model directory offline")
     dummy.add_argument("path", type=Path)
@@ -37,6 +39,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _upstream_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        metavar="URL",
+        help="an OpenAI-compatible replica (vLLM, SGLang, vlmserve) serving the model, by its "
+        "base URL (http://10.0.0.5:8000/v1); repeat for more replicas. Every catalogue entry "
+        "then runs there, and --model only supplies the processor and tokenizer (no weights)",
+    )
+    parser.add_argument(
+        "--upstream-model",
+        metavar="NAME",
+        help="the model name the replicas serve (default: --model)",
+    )
+
+
 def _settings(args: argparse.Namespace) -> Any:
     from vlmserve.settings import load_settings
 
@@ -44,8 +62,15 @@ def _settings(args: argparse.Namespace) -> Any:
     server = {k: v for k in ("host", "port", "log_level") if (v := getattr(args, k, None))}
     if server:
         overrides["server"] = server
+    catalog: dict[str, Any] = {}
     if getattr(args, "model", None):
-        overrides["catalog"] = {"model": args.model}
+        catalog["model"] = args.model
+    if getattr(args, "upstream", None):
+        catalog["upstreams"] = tuple(args.upstream)
+    if getattr(args, "upstream_model", None):
+        catalog["upstream_model"] = args.upstream_model
+    if catalog:
+        overrides["catalog"] = catalog
     return load_settings(args.config, **overrides)
 
 
@@ -71,12 +96,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from vlmserve.api.services import token_counts
     from vlmserve.catalog.registry import catalog_from_settings
 
     settings = _settings(args)
     catalog = catalog_from_settings(settings.catalog, settings.engine)
     for spec in catalog:
-        row = {
+        row: dict[str, Any] = {
             "id": spec.id,
             "context_window": spec.context_window,
             "input_modalities": list(spec.input_modalities),
@@ -88,7 +114,11 @@ def _models(args: argparse.Namespace) -> int:
             "model": spec.binding.model,
             "dtype": spec.binding.dtype,
             "device": spec.binding.device,
+            "token_counts": token_counts(spec.binding),
         }
+        if spec.binding.kind == "remote":
+            row["upstreams"] = list(spec.binding.upstreams)
+            row["upstream_model"] = spec.binding.upstream_model
         print(json.dumps(row))
     return 0
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -69,6 +70,26 @@ class EngineSettings(_Frozen):
 class CatalogSettings(_Frozen):
     file: Path | None = None  # a TOML catalogue replacing the built-in one
     model: str | None = None  # binds every catalogue entry to this hub id or directory
+    # Non-empty: every entry is served by these OpenAI-compatible replicas (base URLs such as
+    # http://10.0.0.5:8000/v1) instead of a local model; ``model`` then only supplies the
+    # processor and tokenizer (no weights) that size images and count tokens.
+    upstreams: tuple[str, ...] = ()
+    upstream_model: str | None = None  # the name the replicas serve; default: ``model``
+
+    @field_validator("upstreams")
+    @classmethod
+    def _check_upstreams(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        urls = tuple(url.rstrip("/") for url in urls)
+        for url in urls:
+            parsed = urlsplit(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(
+                    f"upstream {url!r} is not an http(s) URL; give the replica's OpenAI base URL, "
+                    "e.g. http://10.0.0.5:8000/v1"
+                )
+        if len(set(urls)) != len(urls):
+            raise ValueError("the same upstream URL is given twice; list each replica once")
+        return urls
 
 
 class RemoteEngineSettings(_Frozen):

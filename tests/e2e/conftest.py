@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -77,3 +77,31 @@ def server(request: pytest.FixtureRequest, dummy_models: dict[str, Path]) -> Ite
         yield proc
     finally:
         proc.stop()
+
+
+class ServeProcess(ServerProcess):
+    """``vlmserve serve`` with extra arguments (``--upstream``) and, to restart one in place
+    after killing it, a port of the caller's choice."""
+
+    def __init__(
+        self,
+        model: Path,
+        args: Sequence[str] = (),
+        *,
+        port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLMSERVE_MEDIA__ALLOW_LOOPBACK": "true"}
+        env.update(extra_env or {})
+        cmd = [sys.executable, "-m", "vlmserve", "serve", "--model", str(model), *args]
+        cmd += ["--port", str(self.port), "--log-level", log_level]
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(cmd, env=env, stderr=self.log, stdout=self.log)
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-request, as a crashed replica would."""
+        self.proc.kill()
+        self.proc.wait()

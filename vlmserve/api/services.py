@@ -53,12 +53,38 @@ class Services:
 def default_engine_factory(binding: EngineBinding, settings: Settings) -> EngineClient:
     # Imported here so the API (and remote mode) start without torch being imported.
     if binding.kind == "remote":
-        from vlmserve.engine.remote.engine import RemoteEngine
-
-        return RemoteEngine(binding, settings.remote)
+        return remote_engine(binding, settings)
     from vlmserve.engine.local.engine import LocalEngine
 
     return LocalEngine(binding, settings.engine)
+
+
+def remote_engine(binding: EngineBinding, settings: Settings) -> EngineClient:
+    """Replicas generate; the bound model's processor, when on this machine, counts and sizes."""
+    from vlmserve.engine.remote.engine import RemoteEngine
+    from vlmserve.engine.remote.processor import local_processor
+
+    directory = local_processor(binding.model)
+    if directory is None:
+        log.warning(
+            "no processor files for %s on this machine: token counts and image sizes come "
+            "from the replicas (give --model a directory with the model's processor and "
+            "tokenizer to count locally)",
+            binding.model,
+        )
+        return RemoteEngine(binding, settings.remote)
+    from vlmserve.engine.local.counter import ProcessorCounter  # imports torch, transformers
+
+    return RemoteEngine(binding, settings.remote, token_counter=ProcessorCounter(directory))
+
+
+def token_counts(binding: EngineBinding) -> str:
+    """Who counts the prompt tokens of ``binding``: "local processor" or "upstream"."""
+    if binding.kind != "remote":
+        return "local processor"
+    from vlmserve.engine.remote.processor import token_counts as remote_token_counts
+
+    return remote_token_counts(binding.model)
 
 
 def build_services(

@@ -90,11 +90,29 @@ def _spec(entry: Mapping[str, Any], default_binding: Mapping[str, Any], source: 
 
 
 def catalog_from_settings(catalog: CatalogSettings, engine: EngineSettings) -> Catalog:
-    """The catalogue to serve: the file (or built-in one), rebound to ``catalog.model`` if set."""
+    """The catalogue to serve: the file (or built-in one), rebound to ``catalog.model`` if set.
+
+    With ``catalog.upstreams`` every entry is rebound to one remote engine over those replicas;
+    ``catalog.model`` (default: the catalogue's first model) then names the processor and
+    tokenizer used to size images and count tokens, and the model the replicas serve unless
+    ``catalog.upstream_model`` says otherwise.
+    """
     loaded = load_catalog(catalog.file)
+    first = loaded.bindings()[0]
+    if catalog.upstreams:
+        model = catalog.model or first.model
+        # A catalogue already bound to remote replicas keeps their model name unless told.
+        known = first.upstream_model if not catalog.model else None
+        return loaded.rebind(
+            EngineBinding(
+                kind="remote",
+                model=model,
+                upstreams=catalog.upstreams,
+                upstream_model=catalog.upstream_model or known or model,
+            )
+        )
     if not catalog.model:
         return loaded
-    first = loaded.bindings()[0]
     return loaded.rebind(
         EngineBinding(
             kind="local",

@@ -9,7 +9,8 @@ surface as errors, because the client already holds part of an answer.
 Prompt usage (``Started``) comes, in this order of preference, from
 1. the upstream's usage on its first chunk (we ask for ``continuous_usage_stats``: vLLM and SGLang
    report the exact prompt tokens there, before any text);
-2. the ``token_counter`` given at construction (the model's own processor, loaded locally);
+2. the ``token_counter`` given at construction (the model's own processor, loaded locally:
+   ``engine/local/counter.py``);
 3. the upstream's final usage: the events are then held back until the stream ends, because a
    wrong count would be billed; an upstream that reports no usage at all fails the request.
 ``cached_tokens`` is usually known only at the end (vLLM reports it in its last chunk): the last
@@ -18,6 +19,11 @@ Prompt usage (``Started``) comes, in this order of preference, from
 ``count_tokens`` uses the ``token_counter`` when there is one, else asks a replica: vLLM's
 ``/tokenize`` (at the server root) or the Step API's ``/v1/token/count`` (another vlmserve); an
 upstream with neither gets a clear 400 that says how to fix it.
+
+The ``token_counter`` also supplies the image budgets (``EngineHealth.image_edges``) that media
+sizes pictures to before they are sent, so a replica receives what the local engine would have
+processed; without one, pictures travel at the size the catalogue's limits allowed and the
+replica's processor sizes them. While it loads, the engine is not ready and refuses requests.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, suppress
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 
@@ -69,7 +76,25 @@ from vlmserve.settings import RemoteEngineSettings
 
 log = logging.getLogger("vlmserve.engine.remote")
 
-TokenCounter = Callable[[Prompt], Awaitable[PromptUsage]]
+
+class TokenCounter(Protocol):
+    """Counts prompts as the bound model's own processor does, on this machine (no weights)."""
+
+    async def start(self) -> None:
+        """Begin loading the processor in the background; returns at once. Idempotent."""
+
+    async def close(self) -> None:
+        """Free the processor. Idempotent."""
+
+    async def count(self, prompt: Prompt) -> PromptUsage:
+        """What the local engine would report for ``prompt``; ``OverloadedError`` until loaded."""
+        ...
+
+    def health(self) -> EngineHealth:
+        """Cheap, never raises: ready once loaded, with the model's ``image_edges``."""
+        ...
+
+
 _JSON = {"content-type": "application/json"}
 
 
@@ -104,6 +129,7 @@ class RemoteEngine:
         self._client: httpx.AsyncClient | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._running: dict[str, _Attempt] = {}
+        self._readers: set[asyncio.Task[None]] = set()
         self._aborted: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -124,6 +150,8 @@ class RemoteEngine:
         self._health_task = asyncio.create_task(
             self.pool.run_health_checks(self._client, s.health_interval_s)
         )
+        if self._token_counter is not None:
+            await self._token_counter.start()
 
     async def close(self) -> None:
         if self._health_task is not None:
@@ -133,19 +161,65 @@ class RemoteEngine:
             self._health_task = None
         for request_id in list(self._running):
             await self.abort(request_id)
+        readers = list(self._readers)
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._token_counter is not None:
+            await self._token_counter.close()
 
     async def health(self) -> EngineHealth:
         if self._client is None:
             return EngineHealth(False, "remote engine not started")
         ready = any(r.is_up for r in self.pool.replicas)
-        return EngineHealth(ready, self.pool.summary(), max_model_len=self.pool.max_model_len())
+        detail = self.pool.summary()
+        if self._token_counter is None:
+            return EngineHealth(ready, detail, max_model_len=self.pool.max_model_len())
+        counter = self._token_counter.health()
+        return EngineHealth(
+            ready and counter.ready,
+            f"{detail}; {counter.detail}",
+            max_model_len=self.pool.max_model_len(),
+            image_edges=counter.image_edges,
+        )
 
     # -- generation ------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        self._require_client()
+        self._require_counter()
+        # The upstream is read by a task of its own. A consumer that goes away (a client
+        # disconnect) may be cancelled again and again while it unwinds; httpx's clean-up cut
+        # short that way leaves the upstream connection open, a pool slot taken, and the replica
+        # generating for nobody. The reader is cancelled exactly once and closes the stream.
+        items: asyncio.Queue[Event | Exception | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(request, items))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+        try:
+            while (item := await items.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            reader.cancel()  # nothing to do when it has finished
+
+    async def _read(
+        self, request: GenerationRequest, items: asyncio.Queue[Event | Exception | None]
+    ) -> None:
+        try:
+            async with aclosing(self._generate(request)) as events:
+                async for event in events:
+                    items.put_nowait(event)
+        except Exception as exc:  # handed to the consumer, which raises it
+            items.put_nowait(exc)
+        else:
+            items.put_nowait(None)
+
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         client = self._require_client()
         body = await self._encode(request)
         key = router.conversation_key(request, self.model, self.settings.routing_images)
@@ -158,9 +232,10 @@ class RemoteEngine:
             tried.append(replica)
             attempt = _Attempt(replica)
             try:
-                async for event in self._attempt(client, request, body, attempt):
-                    attempt.has_yielded = True
-                    yield event
+                async with aclosing(self._attempt(client, request, body, attempt)) as events:
+                    async for event in events:
+                        attempt.has_yielded = True
+                        yield event
                 return
             except VlmserveError as exc:
                 if is_unreachable(exc):
@@ -175,7 +250,7 @@ class RemoteEngine:
 
     async def _attempt(
         self, client: httpx.AsyncClient, request: GenerationRequest, body: bytes, attempt: _Attempt
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         url = f"{attempt.replica.url}/chat/completions"
         with self.pool.track(attempt.replica), map_upstream_errors(attempt.replica.url):
             async with client.stream("POST", url, content=body, headers=_JSON) as response:
@@ -192,12 +267,15 @@ class RemoteEngine:
                 attempt.response = response
                 self._running[request.request_id] = attempt
                 try:
-                    async for event in self._events(request, attempt):
-                        yield event
+                    async with aclosing(self._events(request, attempt)) as events:
+                        async for event in events:
+                            yield event
                 finally:
                     self._running.pop(request.request_id, None)
 
-    async def _events(self, request: GenerationRequest, attempt: _Attempt) -> AsyncIterator[Event]:
+    async def _events(
+        self, request: GenerationRequest, attempt: _Attempt
+    ) -> AsyncGenerator[Event, None]:
         assert attempt.response is not None
         state = StreamState(request.sampling.n, attempt.replica.url)
         held: list[Event] = []  # deltas waiting for the prompt usage
@@ -252,7 +330,7 @@ class RemoteEngine:
         return Started(usage)
 
     async def _count_locally(self, prompt: Prompt) -> PromptUsage | None:
-        return None if self._token_counter is None else await self._token_counter(prompt)
+        return None if self._token_counter is None else await self._token_counter.count(prompt)
 
     async def _encode(self, request: GenerationRequest) -> bytes:
         def encode() -> bytes:
@@ -298,7 +376,8 @@ class RemoteEngine:
 
     async def count_tokens(self, prompt: Prompt) -> PromptUsage:
         if self._token_counter is not None:
-            return await self._token_counter(prompt)
+            self._require_client()
+            return await self._token_counter.count(prompt)
         client = self._require_client()
         body = await asyncio.to_thread(
             lambda: to_json_bytes(tokenize_payload(prompt, self.model, self._encoder))
@@ -345,6 +424,17 @@ class RemoteEngine:
             "those, or give vlmserve the model's processor files so it counts tokens itself.",
             code="token_count_unavailable",
         )
+
+    def _require_counter(self) -> None:
+        """Refuse work while the processor loads: images would be sized without its budgets."""
+        if self._token_counter is None:
+            return
+        counter = self._token_counter.health()
+        if not counter.ready:
+            raise OverloadedError(
+                f"The remote engine for {self.model} is not ready: {counter.detail}.",
+                code="model_loading",
+            )
 
     def _require_client(self) -> httpx.AsyncClient:
         if self._client is None:
