@@ -2,11 +2,18 @@
 
 It answers ``"echo: <the last user text>"`` one word per token, counts a prompt as its words plus
 ``IMAGE_TOKENS`` per image, and honours max_tokens, stop strings, n, the context window and abort.
+
+Tools and JSON mode: with tools (tool_choice not "none") it calls each tool the last user text
+names (the first tool when tool_choice is "required" and none is named; the named tool when one is
+forced), with arguments ``{"echo": "<last user text>"}`` streamed in 8-character fragments; after
+a ``tool`` message it answers ``"echo: <that result>"``. With a JSON response_format it answers
+``{"echo": "<last user text>"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 from vlmserve.catalog.spec import EngineBinding
@@ -21,6 +28,7 @@ from vlmserve.engine.types import (
     PromptUsage,
     Started,
     TextPart,
+    ToolCallDelta,
 )
 from vlmserve.errors import ContextLengthError
 from vlmserve.settings import Settings
@@ -71,10 +79,17 @@ class FakeEngine:
             )
         yield Started(usage)
         words = ("echo: " + _last_user_text(request.prompt)).split()
+        if request.response_format is not None:
+            words = [json.dumps({"echo": _last_user_text(request.prompt)})]
         budget = min(request.sampling.max_tokens or window, window - usage.prompt_tokens)
+        calls = _calls(request)
         self.running.add(request.request_id)
         try:
             for index in range(request.sampling.n):
+                if calls:
+                    for event in _call_events(index, calls, _last_user_text(request.prompt)):
+                        yield event
+                    continue
                 async for event in self._choice(index, words, budget, request.sampling.stop):
                     yield event
         except (GeneratorExit, asyncio.CancelledError):
@@ -104,9 +119,38 @@ class FakeEngine:
 
 def _last_user_text(prompt: Prompt) -> str:
     for message in reversed(prompt.messages):
-        if message.role == "user":
+        if message.role in ("user", "tool"):
             return " ".join(p.text for p in message.parts if isinstance(p, TextPart))
     return ""
+
+
+def _calls(request: GenerationRequest) -> list[str]:
+    """The tools this answer calls (see the module docstring)."""
+    choice = request.tool_choice
+    if not request.tools or choice == "none" or request.prompt.messages[-1].role == "tool":
+        return []
+    if isinstance(choice, dict):
+        return [choice["function"]["name"]]
+    text = _last_user_text(request.prompt)
+    names = [t["function"]["name"] for t in request.tools]
+    named = [name for name in names if name in text]
+    if not request.parallel_tool_calls:
+        named = named[:1]
+    return named or (names[:1] if choice == "required" else [])
+
+
+def _call_events(index: int, names: list[str], text: str) -> list[Event]:
+    events: list[Event] = []
+    arguments = json.dumps({"echo": text})
+    for call_index, name in enumerate(names):
+        events.append(
+            ToolCallDelta(index, call_index, id=f"call_fake{index}{call_index}", name=name)
+        )
+        for at in range(0, len(arguments), 8):
+            events.append(ToolCallDelta(index, call_index, arguments=arguments[at : at + 8]))
+            events.append(Delta(index, "", 1))
+    events.append(Finished(index, FinishReason.TOOL_CALLS))
+    return events
 
 
 def fake_factory(engine: FakeEngine):  # type: ignore[no-untyped-def]

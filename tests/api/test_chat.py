@@ -164,17 +164,6 @@ def test_video_to_an_image_only_model_names_video_models(http: httpx.Client) -> 
     assert "step-1o-turbo-vision" in err["message"]
 
 
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ],
-)
-def test_later_features_are_refused_not_ignored(http: httpx.Client, body: dict, param: str) -> None:
-    assert_error(chat(http, **body), 400, param, "unsupported_parameter")
-
-
 def test_prompt_over_context_window_is_400_with_both_numbers(http: httpx.Client) -> None:
     resp = chat(http, model="step-1v-8k", messages=[{"role": "user", "content": "w " * 5000}])
     err = assert_error(resp, 400, "messages", "context_length_exceeded")

@@ -93,10 +93,17 @@ class GenerationRequest:
     prompt: Prompt
     sampling: SamplingParams = field(default_factory=SamplingParams)
     tenant: str = ""  # salts caches so tenants never share state
-    # OpenAI JSON passed through verbatim to engines that speak it (remote); None: not asked.
+    # Output constraints as OpenAI JSON, validated and normalized by ``serving/tools.py``: the
+    # local engine enforces them by grammar, a remote engine passes them on. None: not asked.
+    # response_format: {"type": "json_object"} or {"type": "json_schema", "json_schema":
+    # {"name", "schema", "strict"}} (never "text"); tools: {"type": "function", "function":
+    # {"name", "description"?, "parameters"}} with an object-rooted ``parameters``;
+    # tool_choice (set when tools are): "none" / "auto" / "required" / {"type": "function",
+    # "function": {"name"}}.
     response_format: dict[str, Any] | None = None
     tools: tuple[dict[str, Any], ...] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True  # False: at most one call per choice
     # The catalogue entry's context window; the engine uses the smaller of it and the model's own.
     context_window: int | None = None
 
@@ -134,9 +141,11 @@ class Finished:
     """Last event of choice ``index``.
 
     ``tool_calls``: the calls of this choice, complete, when the engine parsed them (remote
-    upstreams that stream structured tool calls). ``usage``: set on the last ``Finished`` of a
-    generation by engines that learn the prompt's final usage only at the end (a vLLM replica
-    reports ``cached_tokens`` in its last chunk); when set it supersedes ``Started.usage``.
+    upstreams that stream structured tool calls). An engine reports a choice's calls either
+    here or as ``ToolCallDelta`` events (the local engine), never both. ``usage``: set on the
+    last ``Finished`` of a generation by engines that learn the prompt's final usage only at the
+    end (a vLLM replica reports ``cached_tokens`` in its last chunk); when set it supersedes
+    ``Started.usage``.
     """
 
     index: int
@@ -145,7 +154,24 @@ class Finished:
     usage: PromptUsage | None = None
 
 
-Event = Started | Delta | Finished
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of tool call ``call_index`` (0, 1, ... within choice ``index``), as it is generated.
+
+    The first piece of a call carries its ``id`` and ``name``; every piece may carry
+    ``arguments`` text, and a call's pieces concatenated give its arguments JSON. Tokens are
+    counted on ``Delta`` events only (the local engine emits a ``Delta``, possibly with empty text,
+    for every token, tool-call tokens included).
+    """
+
+    index: int
+    call_index: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+
+Event = Started | Delta | ToolCallDelta | Finished
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,7 +102,7 @@ class ResponseFormat(WireModel):
 
 
 class FunctionDef(WireModel):
-    name: str
+    name: str | None = None  # required for "function" tools (checked by serving/tools.py)
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None

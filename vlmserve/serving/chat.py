@@ -14,9 +14,10 @@ from vlmserve.engine.types import (
     SamplingParams,
     Started,
 )
-from vlmserve.errors import InternalError, InvalidRequestError, NotSupportedYetError
+from vlmserve.errors import InternalError, InvalidRequestError
 from vlmserve.protocol.chat import ChatCompletionRequest
 from vlmserve.serving.prepare import PromptPreparer
+from vlmserve.serving.tools import check_tool_history, output_constraints
 
 DEFAULT_TEMPERATURE = 0.5  # the hosted platform's defaults (reference/step-api.md 2.1)
 DEFAULT_TOP_P = 0.9
@@ -45,8 +46,9 @@ class ChatService:
 
     async def start(self, req: ChatCompletionRequest, tenant: str = "") -> ChatRun:
         """Validate, prepare media, and start generating; raises before anything is streamed."""
-        _refuse_not_yet_supported(req)
         sampling = sampling_params(req)
+        constraints = output_constraints(req)
+        check_tool_history(req.messages)
         prepared = await self._preparer.prepare(req.model, req.messages, tenant)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         generation = GenerationRequest(
@@ -54,6 +56,10 @@ class ChatService:
             prompt=prepared.prompt,
             sampling=sampling,
             tenant=tenant,
+            response_format=constraints.response_format,
+            tools=constraints.tools,
+            tool_choice=constraints.tool_choice,
+            parallel_tool_calls=constraints.parallel_tool_calls,
             context_window=prepared.spec.context_window,
         )
         events = aiter(prepared.engine.generate(generation))
@@ -87,19 +93,6 @@ def sampling_params(req: ChatCompletionRequest) -> SamplingParams:
         presence_penalty=req.presence_penalty or 0.0,
         seed=req.seed,
     )
-
-
-def _refuse_not_yet_supported(req: ChatCompletionRequest) -> None:
-    if req.response_format is not None and req.response_format.type != "text":
-        raise NotSupportedYetError(
-            f"response_format: type {req.response_format.type!r} is not supported yet by this "
-            "server; omit response_format or use {'type': 'text'}.",
-            param="response_format",
-        )
-    if req.tools:
-        raise NotSupportedYetError(
-            "tools: tool calls are not supported yet by this server; omit tools.", param="tools"
-        )
 
 
 async def _aclose(events: AsyncIterator[Event]) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -244,9 +245,9 @@ def test_aborting_a_request_while_its_prompt_is_prepared_aborts_it(
     assert engine._preparer is not None
     prepare, release = engine._preparer.prepare, threading.Event()
 
-    def slow_prepare(prompt: Prompt) -> PreparedPrompt:
+    def slow_prepare(prompt: Prompt, *args: Any) -> PreparedPrompt:
         release.wait(10)
-        return prepare(prompt)
+        return prepare(prompt, *args)
 
     monkeypatch.setattr(engine._preparer, "prepare", slow_prepare)
 
@@ -337,7 +338,7 @@ def test_tool_turns_are_rendered_as_text(engine: LocalEngine) -> None:
     )
     assert engine._preparer is not None
     text = engine._preparer.render(prompt)
-    assert '"name": "weather"' in text and "sunny" in text and "c1" in text
+    assert '"name": "weather"' in text and "<tool_response>\nsunny\n</tool_response>" in text
     assert generate(engine, request(prompt, max_tokens=2)).finished == {0: FinishReason.LENGTH}
 
 

@@ -13,10 +13,11 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.local.core import EngineCore
+from vlmserve.engine.local.grammar import GrammarProcessor, Grammars, grammar_spec, uses_tools
 from vlmserve.engine.local.loader import LoadedModel, load_model
 from vlmserve.engine.local.model_runner import ModelRunner
 from vlmserve.engine.local.prefix_cache import PrefixCache
@@ -60,6 +61,7 @@ class LocalEngine:
         self._loaded: LoadedModel | None = None
         self._core: EngineCore | None = None
         self._preparer: PromptPreparer | None = None
+        self._grammars: Grammars | None = None
         self._num_preparing = 0
         self._preparing_ids: dict[str, int] = {}  # request id → how many are being prepared
         self._early_aborts: set[str] = set()  # aborted while being prepared
@@ -88,6 +90,7 @@ class LocalEngine:
                 f"The engine has {self.settings.max_queue} requests waiting; retry later."
             )
         _check_sampling(request.sampling)
+        grammar = await self._grammar(request, core)  # a schema it cannot compile fails first
         prepared, aborted = await self._prepare_request(request)
         max_new_tokens = _budget(prepared, request, loaded.max_model_len)
         if aborted:
@@ -96,7 +99,12 @@ class LocalEngine:
                 yield Finished(index, FinishReason.ABORT)
             return
         channel = _Channel(asyncio.get_running_loop())
-        seq = Sequence(request, prepared, max_new_tokens, loaded.tokenizer, channel.sink)
+        tool_format = self._preparer.tool_format if self._preparer and uses_tools(request) else None
+        seq = Sequence(
+            request, prepared, max_new_tokens, loaded.tokenizer, channel.sink, tool_format
+        )
+        if grammar is not None:
+            seq.logits_processors.append(grammar)
         core.submit(seq)
         done = False
         try:
@@ -151,7 +159,7 @@ class LocalEngine:
         rid = request.request_id
         self._preparing_ids[rid] = self._preparing_ids.get(rid, 0) + 1
         try:
-            prepared = await self._prepare(request.prompt)
+            prepared = await self._prepare(request.prompt, request.tools or ())
         finally:
             self._preparing_ids[rid] -= 1
             if not self._preparing_ids[rid]:
@@ -160,23 +168,41 @@ class LocalEngine:
                 self._early_aborts.discard(rid)
         return prepared, aborted
 
-    async def _prepare(self, prompt: Prompt) -> PreparedPrompt:
+    async def _prepare(
+        self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()
+    ) -> PreparedPrompt:
         preparer, core = self._preparer, self._core
         if preparer is None or core is None:
             raise OverloadedError(f"The model is not available: {self._detail}")
         self._num_preparing += 1
         try:
             prepared: PreparedPrompt = await asyncio.wrap_future(
-                core.call(lambda: preparer.prepare(prompt))
+                core.call(lambda: preparer.prepare(prompt, tools))
             )
             return prepared
         finally:
             self._num_preparing -= 1
 
+    async def _grammar(
+        self, request: GenerationRequest, core: EngineCore
+    ) -> GrammarProcessor | None:
+        """The request's grammar (compiled off the step thread, cached), or None: free text."""
+        grammars, preparer = self._grammars, self._preparer
+        if grammars is None or preparer is None:
+            raise OverloadedError(f"The model is not available: {self._detail}")
+        spec = grammar_spec(request, preparer.tool_format)
+        if spec is None:
+            return None
+        if not grammars.is_prepared:  # reads the HF tokenizer: the step thread's job
+            await asyncio.wrap_future(core.call(grammars.prepare))
+        compiled = await asyncio.to_thread(grammars.compile, spec)
+        return GrammarProcessor(compiled, request.sampling.n, grammars.vocab_size)
+
     def _load(self) -> None:
         try:
             loaded = load_model(self.binding, self.settings)
             preparer = PromptPreparer(loaded.processor, loaded.family)
+            grammars = Grammars(loaded.tokenizer, _vocab_size(loaded), loaded.eos_token_ids)
             core = EngineCore(
                 ModelRunner(loaded, self._prefix_cache(loaded)), Scheduler(self.max_num_seqs)
             )
@@ -193,6 +219,7 @@ class LocalEngine:
             if self._state != "loading":  # closed while loading
                 return
             self._loaded, self._preparer, self._core = loaded, preparer, core
+            self._grammars = grammars
             core.start()
             self._state = "ready"
             self._detail = f"{self.binding.model} ready on {loaded.device} ({loaded.dtype})"
@@ -224,6 +251,11 @@ class _Channel:
     def _put_all(self, items: list[Item]) -> None:
         for item in items:
             self._queue.put_nowait(item)
+
+
+def _vocab_size(loaded: LoadedModel) -> int:
+    """The width of the model's logits (the grammar's token masks are as wide)."""
+    return int(loaded.model.config.get_text_config(decoder=True).vocab_size)
 
 
 def _check_sampling(params: SamplingParams) -> None:

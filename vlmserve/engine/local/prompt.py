@@ -20,6 +20,7 @@ from jinja2 import TemplateError
 from PIL import Image
 
 from vlmserve.engine.local.family import Family
+from vlmserve.engine.local.tool_format import tool_format_for
 from vlmserve.engine.types import MediaPart, Message, Prompt, PromptUsage, TextPart
 from vlmserve.errors import InvalidRequestError, NotSupportedYetError
 
@@ -44,10 +45,12 @@ class PromptPreparer:
         self.processor = processor
         self.family = family
         self._reserved = family.reserved_strings()
+        self.tool_format = tool_format_for(family)
 
-    def prepare(self, prompt: Prompt) -> PreparedPrompt:
+    def prepare(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> PreparedPrompt:
+        """``tools``: OpenAI function tools, rendered in the family's tool format."""
         images = self._images(prompt)
-        outputs = self._process(self.render(prompt), images)
+        outputs = self._process(self.render(prompt, tools), images)
         token_ids = tuple(int(t) for t in outputs["input_ids"][0].tolist())
         usage = _usage(token_ids, outputs, self.family)
         span = _media_span(outputs)
@@ -57,9 +60,11 @@ class PromptPreparer:
         identities = tuple(prompt.media[i].identity for i in _media_order(prompt))
         return PreparedPrompt(token_ids, dict(outputs), usage, identities, span)
 
-    def render(self, prompt: Prompt) -> str:
+    def render(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> str:
         """The prompt as the chat template renders it (media as the template's placeholders)."""
         conversation = [self._message(i, m) for i, m in enumerate(prompt.messages)]
+        self._check_tools(tools)
+        conversation = self.tool_format.rewrite(conversation, tools)
         try:
             text: str = self.processor.apply_chat_template(
                 conversation, add_generation_prompt=True, tokenize=False
@@ -102,11 +107,9 @@ class PromptPreparer:
                 content.append({"type": "text", "text": part.text})
             else:
                 content.append({"type": "image"})
-        content.extend({"type": "text", "text": _tool_call_text(c)} for c in message.tool_calls)
-        if message.role == "tool" and message.tool_call_id:
-            content.insert(
-                0, {"type": "text", "text": f"[result of tool call {message.tool_call_id}]\n"}
-            )
+        has_text = any(isinstance(p, TextPart) and p.text for p in message.parts)
+        calls = self.tool_format.call_texts(message.tool_calls, has_text)
+        content.extend({"type": "text", "text": text} for text in calls)
         if not content:
             content.append({"type": "text", "text": ""})  # some templates index content[0]
         return {"role": message.role, "content": content}
@@ -120,6 +123,16 @@ class PromptPreparer:
                     param=f"messages[{i}].content",
                 )
 
+    def _check_tools(self, tools: tuple[dict[str, Any], ...]) -> None:
+        text = json.dumps(tools, ensure_ascii=False)
+        for reserved in self._reserved:
+            if reserved in text:
+                raise InvalidRequestError(
+                    f"tools contain {reserved!r}, which this model reserves for media; remove it "
+                    "from the tool definitions.",
+                    param="tools",
+                )
+
 
 def _media_order(prompt: Prompt) -> list[int]:
     order = [p.index for m in prompt.messages for p in m.parts if isinstance(p, MediaPart)]
@@ -131,15 +144,6 @@ def _media_order(prompt: Prompt) -> list[int]:
                 param="messages",
             )
     return order
-
-
-def _tool_call_text(call: Any) -> str:
-    try:
-        arguments: Any = json.loads(call.arguments)
-    except ValueError:
-        arguments = call.arguments
-    body = json.dumps({"name": call.name, "arguments": arguments}, ensure_ascii=False)
-    return f"<tool_call>\n{body}\n</tool_call>"
 
 
 def _media_span(outputs: dict[str, Any]) -> tuple[int, int] | None:

@@ -1,7 +1,11 @@
 """Per-request state: the prepared prompt, its choices' tokens and text, and where events go.
 
 A ``Sequence`` never touches tensors (the model runner keeps those) and never decides who runs
-(the scheduler does); it turns sampled token ids into ``Delta``/``Finished`` events.
+(the scheduler does); it turns sampled token ids into ``Delta``/``Finished`` events. When the
+request has tools, each choice's text goes through a ``ToolCallParser``: calls become
+``ToolCallDelta`` events (never content), and a choice that made calls finishes with
+``tool_calls``. Every token still yields one ``Delta`` (its text possibly empty), which carries
+the token count.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from vlmserve.engine.local.detokenizer import IncrementalDetokenizer
 from vlmserve.engine.local.prompt import PreparedPrompt
 from vlmserve.engine.local.sampler import LogitsProcessor
 from vlmserve.engine.local.stop import StopMatcher
+from vlmserve.engine.local.tool_format import ToolCallParser, ToolFormat
 from vlmserve.engine.types import (
     Delta,
     Event,
@@ -46,6 +51,7 @@ class Choice:
     stop: StopMatcher
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    tool_parser: ToolCallParser | None = None  # set when the request has tools
 
     @property
     def is_finished(self) -> bool:
@@ -62,6 +68,7 @@ class Sequence:
         max_new_tokens: int,
         tokenizer: Any,
         sink: Sink,
+        tool_format: ToolFormat | None = None,
     ) -> None:
         self.seq_id = next(Sequence._ids)
         self.request_id = request.request_id
@@ -74,7 +81,12 @@ class Sequence:
         self.logits_processors: list[LogitsProcessor] = []  # e.g. grammar masks, per sequence
         stops = request.sampling.stop
         self.choices = [
-            Choice(i, IncrementalDetokenizer(tokenizer), StopMatcher(stops))
+            Choice(
+                i,
+                IncrementalDetokenizer(tokenizer),
+                StopMatcher(stops),
+                tool_parser=ToolCallParser(tool_format, i) if tool_format else None,
+            )
             for i in range(request.sampling.n)
         ]
         self._sink = sink
@@ -114,7 +126,7 @@ class Sequence:
             reason = FinishReason.STOP if choice.stop.is_stopped else FinishReason.LENGTH
             self._finish(choice, reason, text)
         else:
-            self._emit(Delta(index, text, 1))
+            self._emit_text(choice, text)
 
     def abort(self) -> None:
         for choice in self.live_choices:
@@ -131,11 +143,30 @@ class Sequence:
         return choice.stop.feed(choice.detokenizer.flush()) + choice.stop.flush()
 
     def _finish(self, choice: Choice, reason: FinishReason, text: str) -> None:
+        self._emit_text(choice, text, final=True)
+        if reason is FinishReason.STOP and choice.tool_parser and choice.tool_parser.num_calls:
+            reason = FinishReason.TOOL_CALLS
         choice.finish_reason = reason
-        self._emit(Delta(choice.index, text, 1))
         self._emit(Finished(choice.index, reason))
         if not self.live_choices:
             self._close(None)
+
+    def _emit_text(self, choice: Choice, text: str, final: bool = False) -> None:
+        """One token's text: a ``Delta`` counting the token, calls as ``ToolCallDelta``s."""
+        parser = choice.tool_parser
+        if parser is None:
+            self._emit(Delta(choice.index, text, 1))
+            return
+        pieces = parser.feed(text) + (parser.finish() if final else [])
+        num_tokens = 1
+        for piece in pieces:
+            if isinstance(piece, str):
+                self._emit(Delta(choice.index, piece, num_tokens))
+                num_tokens = 0
+            else:
+                self._emit(piece)
+        if num_tokens:
+            self._emit(Delta(choice.index, "", 1))
 
     def _close(self, error: VlmserveError | None) -> None:
         if self.status is not SequenceStatus.FINISHED:
