@@ -11,7 +11,10 @@ runner prefills every prompt whole, the model's own way, exactly as ``prompt_cac
 round is a fresh conversation (its own system prompt and its own picture, so
 its first turn is cold in both engines): a 600-token system prompt, one 1024x1024 picture sent at
 ``detail=low`` (sized to the model's low budget as the media layer does), and five user turns,
-each answer (greedy, ``--answer-tokens`` tokens) appended to the history. Cache on runs the
+each answer appended to the history. Random weights answer noise, which a client would resend as
+a longer, different token sequence than a real model's answer; so answers are forced (a logits
+mask) to fixed English sentences, the kind of text a trained model returns, and the history holds
+that text (what a client sends back). Cache on runs the
 conversation, then cache off runs exactly the same five prompts. Then a new conversation (another
 system prompt) sends the same picture: the prefix cache misses, the encoder cache hits; cache off
 runs the same prompt. Time to first token is measured
@@ -54,6 +57,18 @@ from vlmserve.engine.types import (  # noqa: E402
 from vlmserve.settings import EngineSettings  # noqa: E402
 
 SECTION = "## Prompt cache (issue 6)"
+ANSWERS = [
+    "The picture shows a smooth colour gradient from dark blue in one corner to a warm orange in "
+    "the other, covered by fine grain that looks like sensor noise.",
+    "The brightest part is the lower right corner, where the gradient reaches its lightest tones; "
+    "it may be lit by a lamp or by the sun outside the frame.",
+    "I cannot see distinct shapes: the picture is one continuous gradient with noise, so there are "
+    "no objects to count, only a change of colour across it.",
+    "A soft sky at sunset, fading from night blue to warm orange, seen through a slightly dusty "
+    "window.",
+    "You asked what the picture shows, where it is brightest, how many shapes it has and for a "
+    "caption. I described a noisy colour gradient with no distinct objects.",
+]
 QUESTIONS = [
     "What is in this picture? Describe the main objects and their colours.",
     "Which part of the picture is the brightest, and why could that be?",
@@ -94,6 +109,33 @@ def start(model: Path, **settings: Any) -> LocalEngine:
         assert "failed" not in asyncio.run(engine.health()).detail
         time.sleep(0.1)
     return engine
+
+
+class Forced:
+    """A logits processor that makes every choice say ``token_ids`` and then stop."""
+
+    def __init__(self, token_ids: list[int], eos: int) -> None:
+        self.token_ids = [*token_ids, eos]
+
+    def __call__(self, logits: Any, rows: list[int], output_ids: list[list[int]]) -> None:
+        for row, done in enumerate(output_ids):
+            target = self.token_ids[min(len(done), len(self.token_ids) - 1)]
+            logits[row] = float("-inf")
+            logits[row, target] = 0.0
+
+
+def force_answers(engine: LocalEngine, answers: dict[str, list[int]]) -> None:
+    """Requests whose id is in ``answers`` answer those token ids (see the module docstring)."""
+    assert engine._core is not None and engine._loaded is not None
+    runner = engine._core.runner
+    prefill, eos = runner.prefill, min(engine._loaded.eos_token_ids)
+
+    def forcing(seq: Any) -> dict[int, int]:
+        if seq.request_id in answers:
+            seq.logits_processors.append(Forced(answers[seq.request_id], eos))
+        return prefill(seq)
+
+    runner.prefill = forcing  # type: ignore[method-assign]
 
 
 async def first_token(
@@ -149,9 +191,19 @@ class Switch:
 
 
 def one_round(
-    engine: LocalEngine, switch: Switch, tokenizer: Any, edge: int, r: int, args: Any
+    engine: LocalEngine,
+    switch: Switch,
+    forced: dict[str, list[int]],
+    edge: int,
+    r: int,
+    args: Any,
 ) -> dict[str, Any]:
     on = off = engine
+    assert engine._loaded is not None
+    tokenizer = engine._loaded.tokenizer
+    for turn in range(args.turns):
+        ids = tokenizer(" " + ANSWERS[turn % len(ANSWERS)], add_special_tokens=False)["input_ids"]
+        forced[f"on-{r}-{turn}"] = forced[f"off-{r}-{turn}"] = ids
     image = low_detail(picture(r), edge)
     system = system_prompt(tokenizer, f"session-{r}")
     turns: list[dict[str, Any]] = []
@@ -160,13 +212,13 @@ def one_round(
     for turn in range(args.turns):
         prompt = conversation(system, image, turn + 1, answers)[-1]
         t_on, answer, num_tokens, cached = asyncio.run(
-            first_token(on, prompt, f"on-{r}-{turn}", args.answer_tokens)
+            first_token(on, prompt, f"on-{r}-{turn}", 200)
         )
-        answers.append(answer)
+        answers.append(answer.strip())
         turns.append({"tokens": num_tokens, "cached": cached, "on": t_on})
     switch(False)
     for turn, prompt in enumerate(conversation(system, image, args.turns, answers)):
-        t_off, *_ = asyncio.run(first_token(off, prompt, f"off-{r}-{turn}", args.answer_tokens))
+        t_off, *_ = asyncio.run(first_token(off, prompt, f"off-{r}-{turn}", 200))
         turns[turn]["off"] = t_off
     other = Prompt(
         (
@@ -240,7 +292,9 @@ Time to first token of a multi-turn image conversation on the `smolvlm-256m`-sha
 attached (default settings) or detached (every prompt prefilled whole, as with
 `prompt_cache=False`), alternately in the same run. Each round is a new
 conversation: a 600-token system prompt, one 1024x1024 picture at `detail=low` (512x512, one tile,
-67 tokens), five user turns with greedy answers appended to the history; cache off then runs
+67 tokens), five user turns, each answer appended to the history (answers are forced by a logits
+mask to fixed English sentences of 25-35 tokens: random weights answer noise, which a client would
+resend as a longer, different token sequence than a trained model's answer); cache off then runs
 exactly the same prompts. "new conversation, same picture" sends that round's picture after
 another system prompt: no prefix in common, so only the vision-encoder cache helps. TTFT runs from
 `generate` to the first text (prompt preparation included); medians over the rounds."""
@@ -251,7 +305,6 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("/tmp/vlmserve-bench/smolvlm-256m"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--answer-tokens", type=int, default=24)
     parser.add_argument("--write", type=Path, help="replace our section in this markdown file")
     args = parser.parse_args()
     if not (args.model / "config.json").exists():
@@ -262,10 +315,10 @@ def main() -> None:
     edges = on._loaded.family.image_edges()
     assert edges is not None
     fills: list[float] = []
+    forced: dict[str, list[int]] = {}
+    force_answers(on, forced)
     setattr(prefix_cache_module, "fill", timed_fill(fills))  # noqa: B010
-    rounds = [
-        one_round(on, switch, on._loaded.tokenizer, edges[0], r, args) for r in range(args.rounds)
-    ]
+    rounds = [one_round(on, switch, forced, edges[0], r, args) for r in range(args.rounds)]
     stats = asyncio.run(on.health()).prompt_cache
     assert stats is not None
     body = table(rounds, fills, stats.kv_bytes / 2**20)
@@ -273,8 +326,7 @@ def main() -> None:
     print(body)
     if args.write:
         command = "    .venv/bin/python bench/bench_prompt_cache.py " + " ".join(
-            f"--{k} {v}"
-            for k, v in (("rounds", args.rounds), ("answer-tokens", args.answer_tokens))
+            f"--{k} {v}" for k, v in (("rounds", args.rounds), ("turns", args.turns))
         )
         machine = f"Machine: {_cpu()}, {device}."
         command += " --write docs/benchmarks.md"
