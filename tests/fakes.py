@@ -1,7 +1,8 @@
 """``FakeEngine``: an EngineClient without a model, for API and serving tests.
 
 It answers ``"echo: <the last user text>"`` one word per token, counts a prompt as its words plus
-``IMAGE_TOKENS`` per image, and honours max_tokens, stop strings, n, the context window and abort.
+``IMAGE_TOKENS`` per image and ``FRAME_TOKENS`` per video frame, and honours max_tokens, stop
+strings, n, the context window and abort.
 
 Tools and JSON mode: with tools (tool_choice not "none") it calls each tool the last user text
 names (the first tool when tool_choice is "required" and none is named; the named tool when one is
@@ -34,6 +35,7 @@ from vlmserve.errors import ContextLengthError
 from vlmserve.settings import Settings
 
 IMAGE_TOKENS = 10
+FRAME_TOKENS = 4  # per sampled video frame
 MAX_MODEL_LEN = 4096
 
 
@@ -53,7 +55,13 @@ class FakeEngine:
         self.started = False
 
     async def health(self) -> EngineHealth:
-        return EngineHealth(True, "ready", self.max_model_len, image_edges=(512, 2048))
+        return EngineHealth(
+            True,
+            "ready",
+            self.max_model_len,
+            image_edges=(512, 2048),
+            video_frame_tokens=FRAME_TOKENS,
+        )
 
     async def count_tokens(self, prompt: Prompt) -> PromptUsage:
         words = sum(
@@ -62,8 +70,11 @@ class FakeEngine:
             for part in message.parts
             if isinstance(part, TextPart)
         )
-        images = IMAGE_TOKENS * len(prompt.media)
-        return PromptUsage(prompt_tokens=words + images + 1, image_tokens=images)
+        images = IMAGE_TOKENS * sum(1 for m in prompt.media if m.kind == "image")
+        videos = FRAME_TOKENS * sum(len(m.frames) for m in prompt.media if m.kind == "video")
+        return PromptUsage(
+            prompt_tokens=words + images + videos + 1, image_tokens=images, video_tokens=videos
+        )
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

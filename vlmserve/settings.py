@@ -52,6 +52,19 @@ class MediaSettings(_Frozen):
     # A JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT domain) when that scale is at most this
     # fraction below the target size; the small gap is closed by resampling. 0: never undershoot.
     jpeg_draft_slack: float = Field(0.03, ge=0.0, le=0.1)
+    # Video (the catalogue entry caps bytes and seconds): frames sampled per second of video, at
+    # most ``video_max_frames`` of them and ``video_max_tokens`` worth (also at most half the
+    # model's context window), each at most ``video_frame_edge`` px on its longest side (None:
+    # the model's detail=low size). With ``video_keyframe_snap`` each of the equal segments a
+    # video is cut into gives its keyframe when it has one (cheap to decode), else its middle
+    # frame; off: always the middle frame (exact spacing, several times slower on long GOPs).
+    video_fps: float = Field(1.0, gt=0, le=60)
+    video_max_frames: int = Field(32, ge=1, le=512)
+    video_max_tokens: int = Field(16384, ge=1)
+    video_frame_edge: int | None = Field(None, ge=16)
+    video_keyframe_snap: bool = True
+    video_max_per_request: int = Field(8, ge=1)  # video parts of one request, history included
+    video_decode_timeout_s: float = Field(60.0, gt=0)  # one video's sampling, else 400
 
 
 class EngineSettings(_Frozen):

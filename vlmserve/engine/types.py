@@ -213,3 +213,6 @@ class EngineHealth:
     num_running: int = 0  # sequences generating now
     num_waiting: int = 0  # sequences queued behind them
     prompt_cache: PromptCacheStats | None = None  # None: the engine has no prompt cache (or off)
+    # About how many prompt tokens one sampled video frame costs at the detail=low size, once
+    # known (media fits a video's frame count to its token budget with it); None: unknown.
+    video_frame_tokens: int | None = None

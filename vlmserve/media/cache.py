@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from vlmserve.media.types import PreparedImage
+from vlmserve.media.types import PreparedImage, PreparedVideo
 
 T = TypeVar("T")
 _SAMPLES = 32  # pieces of the text hashed for a data URL's fingerprint
@@ -71,12 +71,13 @@ class TextKey:
 @dataclass(slots=True)
 class _Entry:
     key: Hashable  # the stored key: re-finding it is an identity check, not another memcmp
-    value: PreparedImage
+    value: PreparedImage | PreparedVideo
     num_bytes: int
 
 
 class ImageCache:
-    """Prepared images by content key, LRU, bounded by ``max_bytes`` (pixels plus key text)."""
+    """Prepared images and sampled videos by content key, LRU, bounded by ``max_bytes`` (pixels
+    plus key text): one budget for all decoded media."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
@@ -86,6 +87,14 @@ class ImageCache:
         self.misses = 0
 
     def get(self, key: Hashable) -> PreparedImage | None:
+        value = self._get(key)
+        return value if isinstance(value, PreparedImage) else None
+
+    def get_video(self, key: Hashable) -> PreparedVideo | None:
+        value = self._get(key)
+        return value if isinstance(value, PreparedVideo) else None
+
+    def _get(self, key: Hashable) -> PreparedImage | PreparedVideo | None:
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
@@ -94,9 +103,12 @@ class ImageCache:
         self.hits += 1
         return entry.value
 
-    def put(self, key: Hashable, value: PreparedImage) -> None:
+    def put(self, key: Hashable, value: PreparedImage | PreparedVideo) -> None:
         width, height = value.size
-        size = width * height * 3 + 512 + (len(key.text) if isinstance(key, TextKey) else 0)
+        frames = len(value.frames) if isinstance(value, PreparedVideo) else 1
+        size = (
+            width * height * 3 * frames + 512 + (len(key.text) if isinstance(key, TextKey) else 0)
+        )
         if size > self._max_bytes:
             return
         old = self._entries.pop(key, None)

@@ -10,11 +10,13 @@ another identity, because the encoder sees other pixels.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
 _DOMAIN = b"vlmserve.image.v1"
+_VIDEO_DOMAIN = b"vlmserve.video.v1"
 
 
 def image_identity(im: Image.Image) -> str:
@@ -27,4 +29,17 @@ def image_identity(im: Image.Image) -> str:
         digest.update(field)
     # numpy's view of the pixels is 4x cheaper than Image.tobytes() and holds the same bytes
     digest.update(np.ascontiguousarray(np.asarray(im)).data)
+    return digest.hexdigest()
+
+
+def video_identity(frame_identities: Sequence[str], timestamps: Sequence[float]) -> str:
+    """Hex SHA-256 of the sampled frames' identities and their timestamps, in order: the same
+    frames at other times (another sampling rate, a trimmed copy) are another video."""
+    digest = hashlib.sha256()
+    fields = [_VIDEO_DOMAIN, str(len(frame_identities)).encode()]
+    for identity, seconds in zip(frame_identities, timestamps, strict=True):
+        fields += [identity.encode(), f"{seconds:.3f}".encode()]
+    for field in fields:
+        digest.update(len(field).to_bytes(4, "little"))
+        digest.update(field)
     return digest.hexdigest()

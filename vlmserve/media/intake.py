@@ -34,7 +34,8 @@ from vlmserve.media.sources import (
     parse_data_url,
     parse_source,
 )
-from vlmserve.media.types import ImagePolicy, MediaRef, PreparedImage
+from vlmserve.media.types import ImagePolicy, MediaRef, PreparedImage, PreparedVideo, VideoPolicy
+from vlmserve.media.videointake import VideoIntake, check_count
 from vlmserve.settings import MediaSettings
 
 __all__ = ["MediaIntake", "inspect_image"]
@@ -100,6 +101,7 @@ class MediaIntake:
         self._cache = ImageCache(settings.cache_bytes)
         self._prepares: SingleFlight[PreparedImage] = SingleFlight()
         self._fetches: SingleFlight[bytes] = SingleFlight()
+        self._videos = VideoIntake(settings, self._fetcher, files, self._cache, self._run)
 
     @property
     def cache(self) -> ImageCache:
@@ -123,6 +125,45 @@ class MediaIntake:
                 budget.take(image.num_bytes, f"image {ref.ordinal} ({ref.position})")
             return cached
         tasks = [asyncio.create_task(self._prepare_one(r, policy, owner, budget)) for r in refs]
+        return await _in_order(tasks)
+
+    async def prepare_videos(
+        self, refs: Sequence[MediaRef], policy: VideoPolicy, owner: str = ""
+    ) -> list[PreparedVideo]:
+        """The videos of ``refs`` (the whole history, in order), sampled under ``policy``.
+
+        Raises ``MediaError`` (count: ``too_many_videos``; one video: its bytes, duration,
+        pixels, a file that does not decode, a decode past the deadline; ``param`` is its
+        position), ``MediaFetchError`` and ``UnsupportedContentError``, like images.
+        """
+        check_count(refs, policy)
+        tasks = [asyncio.create_task(self._videos.prepare(r, policy, owner)) for r in refs]
+        return await _in_order(tasks)
+
+    async def prepare_media(
+        self,
+        refs: Sequence[MediaRef],
+        images: ImagePolicy,
+        videos: VideoPolicy,
+        owner: str = "",
+    ) -> list[PreparedImage | PreparedVideo]:
+        """Images and videos of ``refs`` in order, each under its policy (limits as in
+        ``prepare_images`` and ``prepare_videos``); all of them run concurrently."""
+        video_refs = [r for r in refs if r.kind == "video"]
+        if not video_refs:
+            return list(await self.prepare_images(refs, images, owner))
+        image_refs = [r for r in refs if r.kind == "image"]
+        _check_count(image_refs, images)
+        check_count(video_refs, videos)
+        budget = RequestBudget(images.max_total_bytes)
+        tasks: list[asyncio.Task[PreparedImage | PreparedVideo]] = [
+            asyncio.create_task(
+                self._videos.prepare(r, videos, owner)
+                if r.kind == "video"
+                else self._prepare_one(r, images, owner, budget)
+            )
+            for r in refs
+        ]
         return await _in_order(tasks)
 
     def _all_cached(

@@ -181,3 +181,27 @@ def _vint(data: bytes, pos: int, *, strip_marker: bool) -> tuple[int, int]:
     if strip_marker:
         value &= (1 << (7 * length)) - 1
     return value, pos + length
+
+
+def sniff_video(head: bytes, where: str, *, complete: bool = True) -> str:
+    """The container of a video part ("MP4", "MOV", "MKV", "WEBM") from its first bytes (at
+    least ``SNIFF_BYTES`` unless the file is shorter; ``complete=False``: only a prefix, as in
+    ``sniff_upload``). Raises ``UnsupportedContentError`` naming what the bytes are instead (an
+    image, a document, an audio file, ...)."""
+    if not head:
+        raise UnsupportedContentError(f"{where} is empty (0 bytes); send the video file")
+    try:
+        found = _video_format(head)
+    except _CutOff:
+        if not complete:
+            return "MKV" if head[:4] == _EBML_MAGIC else "MP4"
+        found = "a video file whose container header is cut off (truncated)"
+    except _Damaged:
+        found = "an EBML file with a damaged header (not a valid Matroska or WebM file)"
+    if found in _VIDEO_TYPES:
+        return found
+    if sniff_format(head) is not None:
+        found = f"a {sniff_format(head)} image (send images as image_url parts)"
+    raise UnsupportedContentError(
+        f"{where} is {found or describe_content(head)}; videos must be MP4, MOV, MKV or WebM"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Literal, Protocol, runtime_checkable
 
 from vlmserve.errors import MediaError, UnsupportedContentError
 
@@ -21,6 +21,11 @@ except ImportError:  # pragma: no cover - the stdlib decoder is equally strict, 
 
 # MIME types a data URL may declare; the bytes decide the real format (image.sniff_format).
 DATA_URL_MIME_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "image/gif", "image/webp"})
+VIDEO_DATA_URL_MIME_TYPES = frozenset(
+    {"video/mp4", "video/quicktime", "video/x-matroska", "video/webm"}
+    | {"video/mkv", "video/matroska", "video/mov", "video/x-m4v", "application/octet-stream"}
+)
+Kind = Literal["image", "video"]
 _BASE64_CHARS = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _STEPFILE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _MAX_HEADER = 512  # "data:image/png;name=...;base64," never needs more
@@ -36,6 +41,27 @@ class FileSource(Protocol):
     """
 
     async def open(self, file_id: str, owner: str) -> bytes: ...
+
+
+class StoredFile(Protocol):
+    """What media needs of a stored file's record (``storage.files.FileRecord`` satisfies it)."""
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def num_bytes(self) -> int: ...
+
+
+@runtime_checkable
+class StreamingFileSource(FileSource, Protocol):
+    """A ``FileSource`` that can also hand out an open file, so a large video is decoded from
+    disk instead of being read into memory, and is cached by its content hash without reading it.
+
+    ``open_stream`` raises like ``open``; the caller closes the file it returns.
+    """
+
+    async def open_stream(self, file_id: str, owner: str) -> tuple[StoredFile, BinaryIO]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,42 +97,53 @@ class StepFileSource:
 Source = DataSource | HttpSource | StepFileSource
 
 
-def parse_source(url: str, where: str) -> Source:
+def parse_source(url: str, where: str, kind: Kind = "image") -> Source:
     """Classify ``url``; ``where`` names it in errors ("image 2 (messages[0].content[1]...)")."""
     scheme = url[: url.find(":")].lower() if ":" in url[:16] else ""
     if scheme == "data":
-        return parse_data_url(url, where)
+        return parse_data_url(url, where, kind)
     if scheme in ("http", "https"):
         return HttpSource(url)
     if scheme == "stepfile":
-        return _parse_stepfile(url, where)
+        return _parse_stepfile(url, where, kind)
     shown = f"'{scheme}:'" if scheme else "no scheme"
     raise MediaError(
-        f"{where} has {shown}; use an https:// or http:// URL, a data:image/...;base64 URL, "
+        f"{where} has {shown}; use an https:// or http:// URL, a data:{kind}/...;base64 URL, "
         "or stepfile://FILE_ID of an uploaded file",
-        code="invalid_image_url",
+        code=f"invalid_{kind}_url",
     )
 
 
-def parse_data_url(url: str, where: str) -> DataSource:
-    """RFC 2397 ``data:[<mime>][;param=value]*;base64,<payload>``; only base64, only images."""
+def parse_data_url(url: str, where: str, kind: Kind = "image") -> DataSource:
+    """RFC 2397 ``data:[<mime>][;param=value]*;base64,<payload>``; only base64, only ``kind``."""
     comma = url.find(",", 0, _MAX_HEADER)
     if comma < 0:
-        raise _bad_data_url(where, "it has no ',' between the header and the data")
+        raise _bad_data_url(where, "it has no ',' between the header and the data", kind)
     head = url[:comma]
     params = [p.strip() for p in head[len("data:") :].split(";")]
     mime = params[0].lower()
     if "base64" not in (p.lower() for p in params[1:]):
-        raise _bad_data_url(where, "it is not base64-encoded (add ';base64' and encode the bytes)")
-    if mime not in DATA_URL_MIME_TYPES:
-        shown = f"'{mime}'" if mime else "no MIME type"
+        why = "it is not base64-encoded (add ';base64' and encode the bytes)"
+        raise _bad_data_url(where, why, kind)
+    _check_mime(mime, where, kind)
+    if comma == len(url) - 1:
+        raise _bad_data_url(where, "its data is empty", kind)
+    return DataSource("image/jpeg" if mime == "image/jpg" else mime, url, comma + 1)
+
+
+def _check_mime(mime: str, where: str, kind: Kind) -> None:
+    shown = f"'{mime}'" if mime else "no MIME type"
+    if kind == "image" and mime not in DATA_URL_MIME_TYPES:
         raise UnsupportedContentError(
             f"{where} is a data URL with {shown}; images must be JPEG, PNG, GIF or WebP "
             "(data:image/jpeg;base64,..., image/png, image/gif or image/webp)",
         )
-    if comma == len(url) - 1:
-        raise _bad_data_url(where, "its data is empty")
-    return DataSource("image/jpeg" if mime == "image/jpg" else mime, url, comma + 1)
+    if kind == "video" and mime not in VIDEO_DATA_URL_MIME_TYPES:
+        hint = " (send images as image_url parts)" if mime.startswith("image/") else ""
+        raise UnsupportedContentError(
+            f"{where} is a data URL with {shown}{hint}; videos must be MP4, MOV, MKV or WebM "
+            "(data:video/mp4;base64,..., video/quicktime, video/x-matroska or video/webm)",
+        )
 
 
 def decode_data(source: DataSource, where: str) -> bytes:
@@ -117,7 +154,8 @@ def decode_data(source: DataSource, where: str) -> bytes:
             return _fast_b64decode(payload, validate=True)
         return binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
-        raise _bad_data_url(where, _base64_problem(payload)) from None
+        kind: Kind = "image" if source.mime.startswith("image/") else "video"
+        raise _bad_data_url(where, _base64_problem(payload), kind) from None
 
 
 def _base64_problem(payload: str) -> str:
@@ -132,19 +170,20 @@ def _base64_problem(payload: str) -> str:
     return "its base64 data is malformed (length not a multiple of 4, or wrong padding)"
 
 
-def _bad_data_url(where: str, why: str) -> MediaError:
+def _bad_data_url(where: str, why: str, kind: Kind = "image") -> MediaError:
+    example = "data:image/png;base64,<data>" if kind == "image" else "data:video/mp4;base64,<data>"
     return MediaError(
-        f"{where} is not a valid data URL: {why}. Expected data:image/png;base64,<data>",
-        code="invalid_image_url",
+        f"{where} is not a valid data URL: {why}. Expected {example}",
+        code=f"invalid_{kind}_url",
     )
 
 
-def _parse_stepfile(url: str, where: str) -> StepFileSource:
+def _parse_stepfile(url: str, where: str, kind: Kind = "image") -> StepFileSource:
     file_id = url[len("stepfile://") :] if url.lower().startswith("stepfile://") else ""
     if not _STEPFILE_ID.fullmatch(file_id):
         raise MediaError(
             f"{where} is not a valid stepfile URL; expected stepfile://FILE_ID with the id "
             "returned by POST /v1/files",
-            code="invalid_image_url",
+            code=f"invalid_{kind}_url",
         )
     return StepFileSource(file_id)

@@ -54,3 +54,51 @@ class PreparedImage:
     size: tuple[int, int]  # (width, height) handed to the model
     num_bytes: int  # encoded bytes received
     metadata_removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VideoPolicy:
+    """Limits and sampling for the videos of one request (catalogue, engine and settings).
+
+    A video is cut into ``n`` equal segments and one frame is taken from each, where ``n`` is the
+    smallest of: its duration times ``fps`` (at least 1), ``max_frames``, and ``max_tokens //
+    frame_tokens`` when the engine estimates what a frame costs.
+    """
+
+    max_videos: int = 8  # per request, history included
+    max_bytes: int = 128 * 1024 * 1024  # one video file
+    max_seconds: float = 300.0
+    fps: float = 1.0
+    max_frames: int = 32
+    max_tokens: int | None = None  # per video
+    frame_tokens: int | None = None  # the engine's estimate for one frame at ``frame_edge``
+    frame_edge: int | None = None  # longest side of a frame handed to the model (None: as is)
+    keyframe_snap: bool = True  # a segment's keyframe rather than its middle frame, if it has one
+
+    @property
+    def budget_frames(self) -> int:
+        """The most frames ``max_frames`` and the token budget allow (at least 1)."""
+        if self.max_tokens is None or not self.frame_tokens:
+            return self.max_frames
+        return max(1, min(self.max_frames, self.max_tokens // self.frame_tokens))
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedVideo:
+    """Sampled, model-ready frames: RGB, rotated upright, metadata dropped, sized for the policy."""
+
+    frames: tuple[Image, ...]
+    timestamps: tuple[float, ...]  # seconds from the start of the video, one per frame
+    identity: str  # hex hash of the frames' identities and timestamps
+    format: str  # "MP4", "MOV", "MKV", "WEBM"
+    codec: str  # the video stream's codec, e.g. "h264"
+    duration: float  # seconds
+    original_size: tuple[int, int]  # (width, height) as displayed (rotation applied)
+    size: tuple[int, int]  # (width, height) of every frame handed to the model
+    rotation: int  # degrees clockwise that were applied to display the frames upright
+    num_bytes: int  # encoded bytes of the file
+
+    @property
+    def fps(self) -> float:
+        """Sampled frames per second of video."""
+        return len(self.frames) / self.duration if self.duration > 0 else float(len(self.frames))

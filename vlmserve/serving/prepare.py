@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from vlmserve.catalog.registry import Catalog
 from vlmserve.catalog.spec import EngineBinding, ModelSpec
 from vlmserve.engine.client import EngineClient
-from vlmserve.engine.types import MediaInput, Prompt
+from vlmserve.engine.types import EngineHealth, MediaInput, Prompt
 from vlmserve.media.intake import MediaIntake
-from vlmserve.media.types import ImagePolicy
+from vlmserve.media.types import ImagePolicy, PreparedImage, PreparedVideo, VideoPolicy
 from vlmserve.protocol.chat import ChatMessageIn
 from vlmserve.serving.render import render_messages
 from vlmserve.settings import MediaSettings
@@ -51,14 +51,23 @@ class PromptPreparer:
         spec, engine = self.lookup(model)
         rendered = render_messages(messages, spec, self._video_models)
         media: tuple[MediaInput, ...] = ()
-        if rendered.refs:
-            policy = await self._image_policy(spec, engine)
+        if rendered.has_video:
+            health = await engine.health()
+            prepared = await self._intake.prepare_media(
+                rendered.refs,
+                self._image_policy(spec, health),
+                self._video_policy(spec, health),
+                owner=tenant,
+            )
+            media = tuple(_media_input(item) for item in prepared)
+        elif rendered.refs:
+            policy = self._image_policy(spec, await engine.health())
             images = await self._intake.prepare_images(rendered.image_refs, policy, owner=tenant)
             media = tuple(MediaInput("image", (img.image,), img.identity) for img in images)
         return PreparedPrompt(spec, engine, Prompt(rendered.messages, media))
 
-    async def _image_policy(self, spec: ModelSpec, engine: EngineClient) -> ImagePolicy:
-        edges = (await engine.health()).image_edges
+    def _image_policy(self, spec: ModelSpec, health: EngineHealth) -> ImagePolicy:
+        edges = health.image_edges
         return ImagePolicy(
             max_images=spec.max_images,
             max_side=spec.max_image_side,
@@ -69,7 +78,31 @@ class PromptPreparer:
             downscale_oversized=self._media_settings.downscale_oversized,
         )
 
+    def _video_policy(self, spec: ModelSpec, health: EngineHealth) -> VideoPolicy:
+        """Frames at the model's detail=low size; the token budget is the setting's, and never
+        more than half of the context window, so a video leaves room for the conversation."""
+        s = self._media_settings
+        window = min(spec.context_window, health.max_model_len or spec.context_window)
+        edges = health.image_edges
+        return VideoPolicy(
+            max_videos=s.video_max_per_request,
+            max_bytes=spec.max_video_bytes,
+            max_seconds=spec.max_video_seconds,
+            fps=s.video_fps,
+            max_frames=s.video_max_frames,
+            max_tokens=min(s.video_max_tokens, window // 2),
+            frame_tokens=health.video_frame_tokens,
+            frame_edge=s.video_frame_edge or (edges[0] if edges else None),
+            keyframe_snap=s.video_keyframe_snap,
+        )
+
     async def context_window(self, spec: ModelSpec, engine: EngineClient) -> int:
         """The window a client can rely on: the smaller of the catalogue's and the model's."""
         model_len = (await engine.health()).max_model_len
         return min(spec.context_window, model_len) if model_len else spec.context_window
+
+
+def _media_input(item: PreparedImage | PreparedVideo) -> MediaInput:
+    if isinstance(item, PreparedImage):
+        return MediaInput("image", (item.image,), item.identity)
+    return MediaInput("video", item.frames, item.identity, item.timestamps, item.fps)

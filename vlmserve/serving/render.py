@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from vlmserve.catalog.spec import ModelSpec
 from vlmserve.engine.types import MediaPart, Message, Part, TextPart, ToolCall
-from vlmserve.errors import InvalidRequestError, NotSupportedYetError, UnsupportedContentError
+from vlmserve.errors import InvalidRequestError, UnsupportedContentError
 from vlmserve.media.types import MediaRef
 from vlmserve.protocol.chat import (
     AssistantMessage,
@@ -34,6 +34,10 @@ class Rendered:
     @property
     def image_refs(self) -> tuple[MediaRef, ...]:
         return tuple(ref for ref in self.refs if ref.kind == "image")
+
+    @property
+    def has_video(self) -> bool:
+        return any(ref.kind == "video" for ref in self.refs)
 
 
 def render_messages(
@@ -93,7 +97,10 @@ def _user_parts(
             )
             parts.append(MediaPart(len(refs) - 1))
         elif isinstance(part, VideoContent):
-            _refuse_video(spec, f"{where}.video_url", video_models)
+            _check_video(spec, f"{where}.video_url", video_models)
+            ordinal = sum(1 for r in refs if r.kind == "video") + 1
+            refs.append(MediaRef(part.video_url.url, "video", f"{where}.video_url.url", ordinal))
+            parts.append(MediaPart(len(refs) - 1))
         elif isinstance(part, AudioContent):
             raise UnsupportedContentError(
                 f"{where}: {spec.id} is a vision model and does not accept audio input "
@@ -103,7 +110,7 @@ def _user_parts(
     return tuple(parts)
 
 
-def _refuse_video(spec: ModelSpec, where: str, video_models: Sequence[str]) -> None:
+def _check_video(spec: ModelSpec, where: str, video_models: Sequence[str]) -> None:
     if not spec.accepts_video:
         others = ", ".join(video_models) or "none on this server"
         raise UnsupportedContentError(
@@ -111,7 +118,3 @@ def _refuse_video(spec: ModelSpec, where: str, video_models: Sequence[str]) -> N
             f"Models that accept video: {others}.",
             param=where,
         )
-    raise NotSupportedYetError(
-        f"{where}: video input is not supported yet by this server; send frames as images.",
-        param=where,
-    )

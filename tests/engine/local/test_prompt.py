@@ -11,7 +11,7 @@ from tests.engine.local.helpers import image, media
 from vlmserve.engine.local.family import Family, family_for
 from vlmserve.engine.local.prompt import PromptPreparer
 from vlmserve.engine.types import MediaPart, Message, Prompt, TextPart
-from vlmserve.errors import InvalidRequestError, NotSupportedYetError
+from vlmserve.errors import InvalidRequestError
 
 
 def preparer(model_dir: Path) -> PromptPreparer:
@@ -91,15 +91,6 @@ def test_images_are_placed_where_their_parts_are(tiny_models: dict[str, Path], f
 def test_reference_to_missing_media_is_a_bad_request(qwen2_vl: PromptPreparer) -> None:
     prompt = Prompt((Message("user", (MediaPart(3),)),))
     with pytest.raises(InvalidRequestError, match="media #3"):
-        qwen2_vl.prepare(prompt)
-
-
-def test_video_is_not_supported_yet(qwen2_vl: PromptPreparer) -> None:
-    from vlmserve.engine.types import MediaInput
-
-    video = MediaInput("video", (image(), image()), "v", timestamps=(0.0, 1.0), fps=1.0)
-    prompt = Prompt((Message("user", (MediaPart(0),)),), (video,))
-    with pytest.raises(NotSupportedYetError):
         qwen2_vl.prepare(prompt)
 
 

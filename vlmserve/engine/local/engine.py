@@ -138,6 +138,7 @@ class LocalEngine:
             detail=self._detail,
             max_model_len=loaded.max_model_len,
             image_edges=loaded.family.image_edges(),
+            video_frame_tokens=loaded.family.video_frame_tokens(),
             num_running=len(self._core.scheduler.running) if self._core else 0,
             num_waiting=self._core.num_waiting if self._core else 0,
             prompt_cache=self._core.runner.prompt_cache_stats() if self._core else None,

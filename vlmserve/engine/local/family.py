@@ -17,6 +17,9 @@ from PIL import Image
 class Family:
     model_types: ClassVar[tuple[str, ...]] = ()
     uses_mm_token_type_ids: ClassVar[bool] = False  # does forward() take the processor's type ids
+    # Does the processor take ``videos=[frames]`` (the model's own video format)? Otherwise a
+    # video reaches the model as its frames, each an image after a "Frame at 1.0 s:" label.
+    native_video: ClassVar[bool] = False
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -33,8 +36,17 @@ class Family:
     def processor_kwargs(self) -> dict[str, Any]:
         return {}
 
+    def video_kwargs(self) -> dict[str, Any]:
+        """Processor options for ``videos=`` (native video families): frames arrive sampled."""
+        return {}
+
     def image_edges(self) -> tuple[int, int] | None:
         """(low, high) longest-edge budgets for detail=low/high; None: leave images as they are."""
+        return None
+
+    def video_frame_tokens(self) -> int | None:
+        """About how many prompt tokens one video frame at the detail=low size costs (an upper
+        bound: a square frame), for the per-video token budget; None: unknown."""
         return None
 
     def reserved_strings(self) -> tuple[str, ...]:
@@ -85,6 +97,10 @@ class Idefics3(Family):
     def image_edges(self) -> tuple[int, int] | None:
         return self._edges()
 
+    def video_frame_tokens(self) -> int | None:
+        # one tile at the low edge: its image tokens, three wrappers, and the frame's label
+        return int(getattr(self.processor, "image_seq_len", 64)) + _FRAME_LABEL_TOKENS + 3
+
     def _edges(self) -> tuple[int, int]:
         image_processor = self.processor.image_processor
         low = _edge(image_processor.max_image_size)
@@ -102,6 +118,24 @@ class Qwen2VL(Family):
 
     model_types = ("qwen2_vl",)
     uses_mm_token_type_ids = True
+    native_video = True
+
+    def video_kwargs(self) -> dict[str, Any]:
+        return {"do_sample_frames": False}
+
+    def video_frame_tokens(self) -> int | None:
+        """Pixels of a square frame at the low edge, within the video processor's bounds, in
+        merged patches; two frames share one temporal patch."""
+        edges = self.image_edges()
+        video = getattr(self.processor, "video_processor", None)
+        if edges is None or video is None:
+            return None
+        factor = video.patch_size * video.merge_size
+        pixels = edges[0] * edges[0]
+        low = _get(video.size, "shortest_edge") or 0
+        high = _get(video.size, "longest_edge") or pixels
+        pixels = min(max(pixels, int(low)), int(high))
+        return max(1, math.ceil(pixels / (factor * factor) / video.temporal_patch_size))
 
     def image_edges(self) -> tuple[int, int] | None:
         image_processor = self.processor.image_processor
@@ -135,6 +169,7 @@ class Qwen2VL(Family):
 
 
 FAMILIES: tuple[type[Family], ...] = (Idefics3, Qwen2VL)
+_FRAME_LABEL_TOKENS = 8  # "Frame at 12.5 s:" and the line break after the frame
 
 
 def family_for(model: Any, processor: Any) -> Family:

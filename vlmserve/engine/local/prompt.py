@@ -7,6 +7,11 @@ Image tokens are what the processor substitutes for each image (its ``mm_token_t
 idefics3 the whole tile grid with its ``<fake_token_around_image>``/``<row_i_col_j>``/
 ``<global-img>`` wrappers; for qwen2_vl the ``<|image_pad|>`` tokens (the template's own
 ``<|vision_start|>``/``<|vision_end|>`` count as text).
+
+Videos: families with native video input (qwen2_vl) get a ``{"type": "video"}`` part and
+``videos=[frames]``, and bill its ``<|video_pad|>`` tokens as video tokens; the others get each
+sampled frame as an image after a "Frame at 1.5 s:" label, and bill those frames' image tokens
+(the same count a lone image of that size gets) as video tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from PIL import Image
 from vlmserve.engine.local.family import Family
 from vlmserve.engine.local.tool_format import tool_format_for
 from vlmserve.engine.types import MediaPart, Message, Prompt, PromptUsage, TextPart
-from vlmserve.errors import InvalidRequestError, NotSupportedYetError
+from vlmserve.errors import InvalidRequestError
 
 _IMAGE, _VIDEO = 1, 2  # mm_token_type_ids values
 
@@ -32,7 +37,7 @@ class PreparedPrompt:
     token_ids: tuple[int, ...]
     model_inputs: dict[str, torch.Tensor]  # everything the first forward needs, on the CPU
     usage: PromptUsage
-    media_identities: tuple[str, ...]  # in prompt order; prefix-cache keys fold these in
+    media_identities: tuple[str, ...]  # per processor item, in order; prefix-cache keys fold these
     media_span: tuple[int, int] | None = None  # [first, last + 1) of the media tokens, if any
 
     @property
@@ -46,23 +51,23 @@ class PromptPreparer:
         self.family = family
         self._reserved = family.reserved_strings()
         self.tool_format = tool_format_for(family)
+        self._frame_tokens: dict[tuple[int, int], int] = {}  # image tokens of a frame, by size
 
     def prepare(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> PreparedPrompt:
         """``tools``: OpenAI function tools, rendered in the family's tool format."""
-        images = self._images(prompt)
-        outputs = self._process(self.render(prompt, tools), images)
+        images, videos = self._media(prompt)
+        outputs = self._process(self.render(prompt, tools), images, videos)
         token_ids = tuple(int(t) for t in outputs["input_ids"][0].tolist())
-        usage = _usage(token_ids, outputs, self.family)
+        usage = _usage(token_ids, outputs, self.family, self._frames_as_images_tokens(prompt))
         span = _media_span(outputs)
         if not self.family.uses_mm_token_type_ids:
             outputs.pop("mm_token_type_ids", None)
         outputs.pop("attention_mask", None)  # one unpadded row: the causal mask says it all
-        identities = tuple(prompt.media[i].identity for i in _media_order(prompt))
-        return PreparedPrompt(token_ids, dict(outputs), usage, identities, span)
+        return PreparedPrompt(token_ids, dict(outputs), usage, self._identities(prompt), span)
 
     def render(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> str:
         """The prompt as the chat template renders it (media as the template's placeholders)."""
-        conversation = [self._message(i, m) for i, m in enumerate(prompt.messages)]
+        conversation = [self._message(i, m, prompt) for i, m in enumerate(prompt.messages)]
         self._check_tools(tools)
         conversation = self.tool_format.rewrite(conversation, tools)
         try:
@@ -75,11 +80,16 @@ class PromptPreparer:
             ) from exc
         return text
 
-    def _process(self, text: str, images: list[Image.Image]) -> dict[str, Any]:
+    def _process(
+        self, text: str, images: list[Image.Image], videos: list[list[Image.Image]]
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"return_tensors": "pt", "return_mm_token_type_ids": True}
         if images:
             kwargs["images"] = self.family.nest_images([self.family.fit_image(i) for i in images])
             kwargs.update(self.family.processor_kwargs())
+        if videos:
+            kwargs["videos"] = videos
+            kwargs.update(self.family.video_kwargs())
         try:
             return dict(self.processor(text=[text], **kwargs))
         except ValueError as exc:
@@ -87,32 +97,82 @@ class PromptPreparer:
                 f"The model's processor rejected the prompt: {exc}", param="messages"
             ) from exc
 
-    def _images(self, prompt: Prompt) -> list[Image.Image]:
-        images = []
+    def _media(self, prompt: Prompt) -> tuple[list[Image.Image], list[list[Image.Image]]]:
+        """The pictures for ``images=`` (videos' frames too, unless the family takes videos
+        natively) and the frame lists for ``videos=``, in prompt order."""
+        images: list[Image.Image] = []
+        videos: list[list[Image.Image]] = []
         for index in _media_order(prompt):
             media = prompt.media[index]
-            if media.kind != "image":
-                raise NotSupportedYetError(
-                    "Video input is not supported by the local engine yet; send images instead.",
-                    param="messages",
-                )
-            images.append(media.frames[0].convert("RGB"))
-        return images
+            frames = [frame.convert("RGB") for frame in media.frames]
+            if media.kind == "video" and self.family.native_video:
+                videos.append(frames)
+            else:
+                images.extend(frames)
+        return images, videos
 
-    def _message(self, i: int, message: Message) -> dict[str, Any]:
+    def _identities(self, prompt: Prompt) -> tuple[str, ...]:
+        """One per item the processor sees, in prompt order: a video shown as frames is that
+        many images, each named after the video and its place in it."""
+        identities: list[str] = []
+        for index in _media_order(prompt):
+            media = prompt.media[index]
+            if media.kind == "video" and not self.family.native_video:
+                identities.extend(f"{media.identity}#{i}" for i in range(len(media.frames)))
+            else:
+                identities.append(media.identity)
+        return tuple(identities)
+
+    def _frames_as_images_tokens(self, prompt: Prompt) -> int:
+        """Image tokens that belong to videos' frames (families without native video): the
+        processor expands every picture of one size alike, so one probe per size tells."""
+        if self.family.native_video:
+            return 0
+        total = 0
+        for index in _media_order(prompt):
+            media = prompt.media[index]
+            if media.kind == "video":
+                total += sum(self._tokens_of_frame(frame) for frame in media.frames)
+        return total
+
+    def _tokens_of_frame(self, frame: Image.Image) -> int:
+        size = self.family.fit_image(frame).size
+        if size not in self._frame_tokens:
+            placeholder = getattr(self.processor, "image_token", None)
+            if not isinstance(placeholder, str):
+                return 0  # unknown processor: its frames count as image tokens
+            probe = self._process(placeholder, [Image.new("RGB", size)], [])
+            self._frame_tokens[size] = _usage((), probe, self.family).image_tokens
+        return self._frame_tokens[size]
+
+    def _message(self, i: int, message: Message, prompt: Prompt) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
         for part in message.parts:
             if isinstance(part, TextPart):
                 self._check_text(i, part.text)
                 content.append({"type": "text", "text": part.text})
             else:
-                content.append({"type": "image"})
+                content.extend(self._media_parts(prompt, part.index))
         has_text = any(isinstance(p, TextPart) and p.text for p in message.parts)
         calls = self.tool_format.call_texts(message.tool_calls, has_text)
         content.extend({"type": "text", "text": text} for text in calls)
         if not content:
             content.append({"type": "text", "text": ""})  # some templates index content[0]
         return {"role": message.role, "content": content}
+
+    def _media_parts(self, prompt: Prompt, index: int) -> list[dict[str, Any]]:
+        media = prompt.media[index] if 0 <= index < len(prompt.media) else None
+        if media is None or media.kind == "image":
+            return [{"type": "image"}]  # a bad index is refused by _media_order
+        if self.family.native_video:
+            return [{"type": "video"}]
+        parts: list[dict[str, Any]] = []
+        for i in range(len(media.frames)):
+            seconds = media.timestamps[i] if i < len(media.timestamps) else float(i)
+            parts.append({"type": "text", "text": f"Frame at {seconds:.1f} s:"})
+            parts.append({"type": "image"})
+            parts.append({"type": "text", "text": "\n"})
+        return parts
 
     def _check_text(self, i: int, text: str) -> None:
         for reserved in self._reserved:
@@ -154,7 +214,10 @@ def _media_span(outputs: dict[str, Any]) -> tuple[int, int] | None:
     return (int(where[0]), int(where[-1]) + 1) if len(where) else None
 
 
-def _usage(token_ids: tuple[int, ...], outputs: dict[str, Any], family: Family) -> PromptUsage:
+def _usage(
+    token_ids: tuple[int, ...], outputs: dict[str, Any], family: Family, frame_tokens: int = 0
+) -> PromptUsage:
+    """``frame_tokens``: image tokens that are videos' frames, billed as video tokens."""
     types = outputs.get("mm_token_type_ids")
     if types is not None:
         types = torch.as_tensor(types)
@@ -162,6 +225,12 @@ def _usage(token_ids: tuple[int, ...], outputs: dict[str, Any], family: Family) 
         video_tokens = int((types == _VIDEO).sum())
     else:
         image_id = getattr(family.processor, "image_token_id", None)
-        image_tokens = sum(1 for t in token_ids if t == image_id)
+        ids = token_ids or tuple(int(t) for t in outputs["input_ids"][0].tolist())
+        image_tokens = sum(1 for t in ids if t == image_id)
         video_tokens = 0
-    return PromptUsage(len(token_ids), image_tokens=image_tokens, video_tokens=video_tokens)
+    frame_tokens = min(frame_tokens, image_tokens)
+    return PromptUsage(
+        len(token_ids),
+        image_tokens=image_tokens - frame_tokens,
+        video_tokens=video_tokens + frame_tokens,
+    )
