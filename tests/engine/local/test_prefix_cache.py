@@ -21,6 +21,7 @@ from tests.engine.local.helpers import FAMILIES, Result, collect, generate, requ
 from vlmserve.engine.local import LocalEngine
 from vlmserve.engine.local.block_manager import block_keys, salt
 from vlmserve.engine.types import MediaInput, MediaPart, Message, Part, Prompt, Started, TextPart
+from vlmserve.errors import NotSupportedYetError
 
 BLOCK = 256
 
@@ -249,6 +250,28 @@ def test_same_image_in_a_new_conversation_skips_the_vision_tower(engines: Engine
     assert after.num_encoder_hits == stats.num_encoder_hits + 1
     assert after.num_encoder_misses == stats.num_encoder_misses
     assert_close(engines.first_logits(engines.on, "e2"), engines.first_logits(engines.off, "e2"))
+
+
+def test_videos_hit_only_the_same_video(engines: Engines) -> None:
+    def clip(seed: int) -> MediaInput:
+        frames = tuple(picture(seed + i) for i in range(4))
+        return MediaInput("video", frames, f"video-{seed}", (0.0, 0.5, 1.0, 1.5), fps=2.0)
+
+    def asking(video: MediaInput, question: str) -> Prompt:
+        text = TextPart(words("video") + question)
+        return Prompt((Message("user", (MediaPart(0), text)),), (video,))
+
+    try:
+        engines.both(asking(clip(30), " What happens?"), "vid1")
+    except NotSupportedYetError:
+        pytest.skip("this engine does not take video yet")
+    other, _ = engines.both(asking(clip(40), " What happens?"), "vid2")
+    again, _ = engines.both(asking(clip(30), " Why?"), "vid3")
+    assert other.started is not None and again.started is not None
+    assert other.started.usage.cached_tokens == 0 and again.started.usage.cached_tokens > 0
+    assert_close(
+        engines.first_logits(engines.on, "vid3"), engines.first_logits(engines.off, "vid3")
+    )
 
 
 def test_tenants_never_share_blocks(engines: Engines) -> None:
