@@ -337,3 +337,25 @@ def test_auto_completes_a_call_the_model_starts_under_the_grammar(grammars: Gram
             assert_valid_call(name, arguments)
         num_calls += len(calls)
     assert num_calls >= 6
+
+
+def test_auto_with_json_mode_answers_json_or_calls(grammars: Grammars) -> None:
+    answer = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    req = replace(request(), tools=TOOLS, tool_choice="auto", response_format=json_mode(answer))
+    spec = grammar_spec(req, HERMES_TOOLS)
+    assert spec is not None
+    kinds = set()
+    for seed in range(16):
+        text = sample_text(grammars, spec, seed, steps=120, bias="<tool_call>" if seed % 2 else "")
+        if text is None:
+            continue
+        parser = ToolCallParser(HERMES_TOOLS, 0)
+        pieces = parser.feed(text) + parser.finish()
+        content = "".join(p for p in pieces if isinstance(p, str))
+        if parser.num_calls:
+            assert content == ""
+            kinds.add("calls")
+        else:
+            jsonschema.validate(json.loads(content), answer)
+            kinds.add("json")
+    assert kinds == {"calls", "json"}

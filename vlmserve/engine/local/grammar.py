@@ -272,7 +272,7 @@ def map_grammar_errors(param: str) -> Iterator[None]:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise InvalidRequestError(
             f"{param}: the grammar engine cannot compile this schema: {detail}. "
-            "Simplify the schema (see the supported JSON Schema keywords in docs/api.md).",
+            "Simplify the schema (a pattern without lookbehind, backreferences, \\b or \\p{...}).",
             param=param,
         ) from exc
 
