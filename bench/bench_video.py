@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vlmserve.media import video as video_module  # noqa: E402
+from vlmserve.media import videosampler  # noqa: E402
 from vlmserve.media.types import PreparedVideo, VideoPolicy  # noqa: E402
 from vlmserve.media.video import prepare_video, sizing_for  # noqa: E402
 from vlmserve.settings import MediaSettings  # noqa: E402
@@ -89,21 +89,21 @@ def policy(snap: bool) -> VideoPolicy:
 def ours(path: Path, snap: bool) -> tuple[PreparedVideo, int]:
     """vlmserve's sampler; also how many frames it decoded."""
     decoded = 0
-    frames = video_module.Sampler._frames
+    frames = videosampler.Sampler._frames
 
-    def counting(self: video_module.Sampler) -> Any:
+    def counting(self: videosampler.Sampler) -> Any:
         nonlocal decoded
         for picked in frames(self):
             decoded += 1
             yield picked
 
-    video_module.Sampler._frames = counting  # type: ignore[method-assign]
+    videosampler.Sampler._frames = counting  # type: ignore[method-assign]
     try:
         with open(path, "rb") as file:
             sizing = sizing_for(policy(snap), MediaSettings())
             return prepare_video(file, path.stat().st_size, sizing, WHERE), decoded
     finally:
-        video_module.Sampler._frames = frames  # type: ignore[method-assign]
+        videosampler.Sampler._frames = frames  # type: ignore[method-assign]
 
 
 def decode_all(path: Path, timestamps: tuple[float, ...], size: tuple[int, int]) -> int:

@@ -23,15 +23,10 @@ from tests.media.videos import (
 from tests.storage.samples import image
 from vlmserve.errors import MediaError, UnsupportedContentError
 from vlmserve.media.types import PreparedVideo, VideoPolicy
-from vlmserve.media.video import (
-    Deadline,
-    Sampler,
-    from_display_matrix,
-    map_av_errors,
-    prepare_video,
-    sizing_for,
-)
+from vlmserve.media.video import map_av_errors, prepare_video, sizing_for
+from vlmserve.media.videoframe import from_display_matrix
 from vlmserve.media.videoplan import Segment, num_frames, plan
+from vlmserve.media.videosampler import Deadline, Sampler
 from vlmserve.settings import MediaSettings
 
 WHERE = "video 1 (messages[0].content[0].video_url.url)"
