@@ -152,6 +152,7 @@ def _text(text: str) -> dict[str, str]:
 # --- parsing ---------------------------------------------------------------------------------
 
 _HEAD_RE = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+_TAIL_RE = re.compile(r"\s*\}\s*")  # what closes a call object after its arguments
 _TEXT, _HEAD, _ARGS, _TAIL, _LOOSE = "text", "head", "args", "tail", "loose"
 
 Piece = str | ToolCallDelta  # content text, or a piece of a call
@@ -207,13 +208,18 @@ class ToolCallParser:
             return self._step_head(out)
         if self._state == _ARGS:
             return self._step_args(out)
-        at = self._buf.find(self.fmt.end)  # _TAIL and _LOOSE wait for the end tag
+        if self._state == _TAIL:
+            return self._step_tail()
+        at = self._buf.find(self.fmt.end)  # _LOOSE: the block is read whole at its end tag
         if at < 0:
             return False
-        is_call = self._state == _TAIL or self._parse_block(out, self._buf[:at], complete=True)
+        is_call = self._parse_block(out, self._buf[:at], complete=True)
+        self._end_block(at, is_call)
+        return True
+
+    def _end_block(self, at: int, is_call: bool) -> None:
         self._buf = self._buf[at + len(self.fmt.end) :]
         self._state, self._after_call = _TEXT, is_call
-        return True
 
     def _step_text(self, out: list[Piece]) -> bool:
         at = self._buf.find(self.fmt.trigger)
@@ -222,7 +228,7 @@ class ToolCallParser:
             self._emit_text(out, self._buf[:cut])
             self._buf = self._buf[cut:]
             return False
-        self._emit_text(out, self._buf[:at], before_call=True)
+        self._emit_text(out, self._buf[:at])
         self._buf = self._buf[at + len(self.fmt.trigger) :]
         self._state = _HEAD
         return True
@@ -250,12 +256,26 @@ class ToolCallParser:
         self._state = _TAIL
         return True
 
+    def _step_tail(self) -> bool:
+        """After a call's arguments: the call object's ``}``, then the end tag, or another call
+        in the same block (models sometimes write several objects in one block)."""
+        match = _TAIL_RE.match(self._buf)
+        if match and self._buf.startswith("{", match.end()):
+            self._buf, self._state = self._buf[match.end() :], _HEAD
+            return True
+        at = self._buf.find(self.fmt.end)  # anything else up to the end tag is skipped
+        if at < 0:
+            return False
+        self._end_block(at, True)
+        return True
+
     def _parse_block(self, out: list[Piece], body: str, complete: bool) -> bool:
-        """Release a block read whole; True if it was a call."""
-        call = _loose_call(body)
-        if call is not None:
-            self._start_call(out, call[0])
-            out.append(ToolCallDelta(self.index, self.num_calls - 1, arguments=call[1]))
+        """Release a block read whole; True if it held calls."""
+        calls = _loose_calls(body)
+        if calls:
+            for name, arguments in calls:
+                self._start_call(out, name)
+                out.append(ToolCallDelta(self.index, self.num_calls - 1, arguments=arguments))
             return True
         if complete or not body.lstrip().startswith("{"):  # not a call: the model's text
             end = self.fmt.end if complete else ""
@@ -264,12 +284,11 @@ class ToolCallParser:
         return False
 
     def _start_call(self, out: list[Piece], name: str) -> None:
+        self._held_ws = ""  # whitespace before a call is not content
         out.append(ToolCallDelta(self.index, self.num_calls, id=self.make_id(), name=name))
         self.num_calls += 1
 
-    def _emit_text(
-        self, out: list[Piece], text: str, *, before_call: bool = False, final: bool = False
-    ) -> None:
+    def _emit_text(self, out: list[Piece], text: str, *, final: bool = False) -> None:
         text, self._held_ws = self._held_ws + text, ""
         if self._after_call:  # calls first: content starts at the next non-space
             text = text if self._has_content else text.lstrip()
@@ -278,7 +297,7 @@ class ToolCallParser:
             body = text  # no calls: the text exactly as generated
         else:
             body = text.rstrip()
-            if not (before_call or final):
+            if not final:
                 self._held_ws = text[len(body) :]
         if body:
             out.append(body)
@@ -324,12 +343,25 @@ def _partial_suffix(text: str, token: str) -> int:
     return 0
 
 
-def _loose_call(body: str) -> tuple[str, str] | None:
-    """(name, arguments JSON) of a call body such as ``{"arguments": {...}, "name": "f"}``."""
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return None
+def _loose_calls(body: str) -> list[tuple[str, str]] | None:
+    """(name, arguments JSON) of each call object in a block body, or None if one is not a call."""
+    calls, at = [], 0
+    decoder = json.JSONDecoder()
+    while body[at:].strip():
+        at += len(body[at:]) - len(body[at:].lstrip())
+        try:
+            value, at = decoder.raw_decode(body, at)
+        except ValueError:
+            return None
+        call = _loose_call(value)
+        if call is None:
+            return None
+        calls.append(call)
+    return calls
+
+
+def _loose_call(value: Any) -> tuple[str, str] | None:
+    """(name, arguments JSON) of a call such as ``{"arguments": {...}, "name": "f"}``."""
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return None
     arguments = value.get("arguments", value.get("parameters", {}))
