@@ -240,6 +240,20 @@ SUPPORTED = {
     "number-bounds": {"type": "number", "minimum": -1.5, "maximum": 2.25},
     "multipleOf": {"type": "integer", "multipleOf": 7, "minimum": 0, "maximum": 50},
     "lengths": {"type": "string", "minLength": 2, "maxLength": 4},
+    "lengths-or-null": {"type": ["string", "null"], "minLength": 1, "maxLength": 3},
+    "propertyNames-lengths": {
+        "type": "object",
+        "propertyNames": {"maxLength": 1},
+        "additionalProperties": {"type": "boolean"},
+        "maxProperties": 2,
+    },
+    "min-maxProperties": {
+        "type": "object",
+        "properties": {"a": {"type": "boolean"}, "b": {"type": "null"}, "c": {"type": "null"}},
+        "minProperties": 2,
+        "maxProperties": 2,
+        "additionalProperties": False,
+    },
     "pattern": {"type": "string", "pattern": "^[a-c]{2,3}$"},
     "format": {"type": "string", "format": "date"},
     "ref": {

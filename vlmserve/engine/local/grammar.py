@@ -148,10 +148,23 @@ def prepare_schema(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: _prepare_child(key, value) for key, value in schema.items()}
-    has_length = "minLength" in out or "maxLength" in out
-    if has_length and "pattern" not in out and "format" not in out and _is_string(out):
-        low, high = out.pop("minLength", 0), out.pop("maxLength", "")
-        out["pattern"] = f"^{_JSON_CHAR}{{{low},{high}}}$"
+    if not ("minLength" in out or "maxLength" in out) or "pattern" in out or "format" in out:
+        return out
+    kinds = out.get("type", "string")
+    if kinds == "string" or kinds == ["string"]:  # no type: lengths constrain only strings
+        return _length_as_pattern(out)
+    if isinstance(kinds, list) and "string" in kinds:  # {"type": ["string", "null"], ...}
+        others = {**out, "type": [k for k in kinds if k != "string"]}
+        others.pop("minLength", None)
+        others.pop("maxLength", None)
+        return {"anyOf": [_length_as_pattern({**out, "type": "string"}), others]}
+    return out
+
+
+def _length_as_pattern(schema: dict[str, Any]) -> dict[str, Any]:
+    out = dict(schema)
+    low, high = out.pop("minLength", 0), out.pop("maxLength", "")
+    out["pattern"] = f"^{_JSON_CHAR}{{{low},{high}}}$"
     return out
 
 
@@ -163,11 +176,6 @@ def _prepare_child(key: str, value: Any) -> Any:
     if key in _SCHEMA_MAPS and isinstance(value, dict):
         return {name: prepare_schema(v) for name, v in value.items()}
     return value
-
-
-def _is_string(schema: dict[str, Any]) -> bool:
-    kind = schema.get("type")
-    return kind == "string" or (isinstance(kind, list) and kind == ["string"])
 
 
 # --- compiling -------------------------------------------------------------------------------
