@@ -41,3 +41,37 @@ def test_make_dummy_model_rejects_an_unknown_family(
 def test_bad_config_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml" in capsys.readouterr().err
+
+
+def test_inspect_image_reports_what_the_model_sees(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from vlmserve.engine.local.dummy import make_dummy_model
+
+    model = make_dummy_model(tmp_path / "model", "idefics3", "tiny")
+    photo = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    exif[0x8825] = {2: (1.0, 2.0, 3.0)}  # GPS latitude
+    Image.new("RGB", (400, 300), (200, 30, 30)).save(photo, exif=exif.tobytes())
+    saved = tmp_path / "seen.png"
+    args = ["inspect-image", str(photo), "--model", str(model), "--detail", "high"]
+    assert main([*args, "--save", str(saved)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "JPEG"
+    assert report["original_size"] == [300, 400]  # orientation applied
+    assert max(report["size"]) <= 64  # the tiny model's high-detail edge
+    assert report["tokens"] > 0
+    assert "gps" in report["metadata_removed"]
+    with Image.open(saved) as seen:
+        assert list(seen.size) == report["size"]
+        assert not seen.getexif()
+
+
+def test_inspect_image_of_a_missing_file_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect-image", str(tmp_path / "none.jpg")]) == 2
+    assert "none.jpg" in capsys.readouterr().err

@@ -9,7 +9,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vlmserve"
 
 # layer → the vlmserve layers it may import (itself always allowed)
 ALLOWED: dict[str, set[str]] = {
-    "cli": {"api", "settings", "engine.local.dummy", "media", "catalog", "errors", "__init__"},
+    # the CLI is a composition root for its tools too (dummy models, inspect-image)
+    "cli": {
+        "api",
+        "settings",
+        "engine.local.dummy",
+        "engine.local.counter",
+        "engine.types",
+        "media",
+        "catalog",
+        "errors",
+        "__init__",
+    },
     "__main__": {"cli"},
     "__init__": {"api", "settings"},
     "api": {"serving", "protocol", "storage", "errors", "settings", "catalog", "engine", "media"},

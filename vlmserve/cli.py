@@ -31,6 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--model", help="as for serve")
     _upstream_arguments(models)
 
+    inspect = sub.add_parser(
+        "inspect-image", help="what the model will see of an image and what it will cost"
+    )
+    inspect.add_argument("source", help="a file path, an http(s) URL or a data: URL")
+    inspect.add_argument(
+        "--model", help="a catalogue model or a model directory (for sizing and tokens)"
+    )
+    inspect.add_argument("--detail", choices=["low", "high", "auto"], default="auto")
+    inspect.add_argument("--save", type=Path, help="write the model-ready image here (PNG)")
+    inspect.add_argument("--config", type=Path, help="a TOML settings file")
+
     dummy = sub.add_parser("make-dummy-model", help="write a random-weight model directory offline")
     dummy.add_argument("path", type=Path)
     dummy.add_argument("--family", default="idefics3", help="transformers model_type")
@@ -135,9 +146,86 @@ def _make_dummy_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_image(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from vlmserve.errors import VlmserveError
+
+    try:
+        report = asyncio.run(_inspect(args))
+    except VlmserveError as exc:
+        print(f"vlmserve inspect-image: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # no such file, or the model's processor files are not on this machine
+        print(f"vlmserve inspect-image: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report))
+    return 0
+
+
+async def _inspect(args: argparse.Namespace) -> dict[str, Any]:
+    import asyncio
+
+    from vlmserve.catalog.registry import catalog_from_settings
+    from vlmserve.catalog.spec import ModelSpec
+    from vlmserve.media.intake import MediaIntake, inspect_image
+    from vlmserve.media.types import ImagePolicy
+
+    settings = _settings(argparse.Namespace(config=args.config))
+    catalog = catalog_from_settings(settings.catalog, settings.engine)
+    names = {spec.id for spec in catalog}
+    spec: ModelSpec = catalog.get(args.model) if args.model in names else next(iter(catalog))
+    directory = spec.binding.model if args.model in names else args.model
+    preparer, edges = _processor(directory) if directory else (None, None)
+    policy = ImagePolicy(
+        max_images=spec.max_images,
+        max_side=spec.max_image_side,
+        max_total_bytes=spec.max_image_bytes,
+        default_detail=spec.default_detail,
+        low_longest_edge=edges[0] if edges else None,
+        high_longest_edge=edges[1] if edges else None,
+        downscale_oversized=settings.media.downscale_oversized,
+    )
+    source = args.source
+    if "://" not in source and not source.startswith("data:"):
+        data = await asyncio.to_thread(Path(source).read_bytes)
+    else:
+        intake = MediaIntake(settings.media)
+        try:
+            data = await intake.read_image_bytes(source, policy)
+        finally:
+            await intake.close()
+    prepared, report = inspect_image(data, policy, args.detail, settings.media)
+    report["tokens"] = _image_tokens(preparer, prepared) if preparer else None
+    if args.save:
+        prepared.image.save(args.save, "PNG")
+        report["saved"] = str(args.save)
+    return report
+
+
+def _processor(directory: str) -> tuple[Any, tuple[int, int] | None]:
+    from vlmserve.engine.local.counter import load_preparer
+
+    preparer, family = load_preparer(Path(directory))
+    return preparer, family.image_edges()
+
+
+def _image_tokens(preparer: Any, prepared: Any) -> int:
+    from vlmserve.engine.types import MediaInput, MediaPart, Message, Prompt
+
+    image = MediaInput("image", (prepared.image,), prepared.identity)
+    prompt = Prompt((Message("user", (MediaPart(0),)),), (image,))
+    return int(preparer.prepare(prompt).usage.image_tokens)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"serve": _serve, "models": _models, "make-dummy-model": _make_dummy_model}
+    commands = {
+        "serve": _serve,
+        "models": _models,
+        "make-dummy-model": _make_dummy_model,
+        "inspect-image": _inspect_image,
+    }
     try:
         return commands[args.command](args)
     except (FileNotFoundError, ValueError) as exc:  # bad settings or config file

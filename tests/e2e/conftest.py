@@ -35,7 +35,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "vlmserve", "serve", "--model", str(model)]
         cmd += ["--port", str(self.port), "--log-level", "warning"]
         # A file, not a pipe: a full pipe would block the server's logging.
-        self.log = tempfile.TemporaryFile(mode="w+")
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, env=env, stderr=self.log, stdout=self.log)
 
     @property
@@ -70,7 +70,9 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def server(request: pytest.FixtureRequest, dummy_models: dict[str, Path]) -> Iterator[ServerProcess]:
+def server(
+    request: pytest.FixtureRequest, dummy_models: dict[str, Path]
+) -> Iterator[ServerProcess]:
     proc = ServerProcess(dummy_models[request.param])
     try:
         proc.wait_ready()

@@ -186,6 +186,15 @@ class MediaIntake:
             found.append(hit)
         return found
 
+    async def read_image_bytes(self, url: str, policy: ImagePolicy, owner: str = "") -> bytes:
+        """The encoded bytes behind an image URL (data:, http(s):, stepfile:), through the same
+        checks as chat (for tools such as ``vlmserve inspect-image``)."""
+        where = "the image"
+        source = parse_source(url, where)
+        if isinstance(source, DataSource):
+            return decode_data(source, where)
+        return await self._read(source, where, owner, policy)
+
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._cache.clear()
