@@ -48,6 +48,7 @@ from vlmserve.engine.remote.failures import (
     map_upstream_errors,
 )
 from vlmserve.engine.remote.payload import (
+    INLINE_ENCODE_PIXELS,
     ImageEncoder,
     build_payload,
     to_json_bytes,
@@ -121,6 +122,10 @@ class RemoteEngine:
         self.settings = settings
         self.pool = ReplicaPool(binding.upstreams, self.model, settings.health_timeout_s)
         self._ring = router.HashRing([r.url for r in self.pool.replicas], settings.virtual_nodes)
+        # Parsed once: httpx parses a URL string again on every request.
+        self._chat_urls = {
+            r.url: httpx.URL(f"{r.url}/chat/completions") for r in self.pool.replicas
+        }
         self._turns = itertools.count()
         self._encoder = ImageEncoder(
             settings.image_encoding, settings.jpeg_quality, settings.encode_cache_bytes
@@ -251,7 +256,7 @@ class RemoteEngine:
     async def _attempt(
         self, client: httpx.AsyncClient, request: GenerationRequest, body: bytes, attempt: _Attempt
     ) -> AsyncGenerator[Event, None]:
-        url = f"{attempt.replica.url}/chat/completions"
+        url = self._chat_urls[attempt.replica.url]
         with self.pool.track(attempt.replica), map_upstream_errors(attempt.replica.url):
             async with client.stream("POST", url, content=body, headers=_JSON) as response:
                 if response.status_code != 200:
@@ -281,8 +286,10 @@ class RemoteEngine:
         held: list[Event] = []  # deltas waiting for the prompt usage
         started = False
         try:
-            async for data in sse_data(attempt.response.aiter_lines()):
+            lines = attempt.response.aiter_lines()
+            async for data in sse_data(lines):
                 if data == DONE:
+                    await finish_body(lines)
                     break
                 held.extend(state.feed(parse_chunk(data, attempt.replica.url)))
                 if not started:
@@ -339,8 +346,11 @@ class RemoteEngine:
             )
             return to_json_bytes(payload)
 
-        # Image encoding is CPU work: keep it off the event loop.
-        return await asyncio.to_thread(encode) if request.prompt.media else encode()
+        # Encoding big new pictures is CPU work for a worker thread. Pictures seen before (every
+        # later turn of a conversation) cost a lookup, and small ones less than the thread hop.
+        if self._encoder.num_pending_pixels(request.prompt.media) <= INLINE_ENCODE_PIXELS:
+            return encode()
+        return await asyncio.to_thread(encode)
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -443,6 +453,15 @@ class RemoteEngine:
                 code="model_loading",
             )
         return self._client
+
+
+async def finish_body(lines: AsyncIterator[str], timeout_s: float = 1.0) -> None:
+    """Read what follows ``[DONE]`` (a chunked body's last, empty chunk): a response read to its
+    end gives its connection back to the pool; one left unread costs a new connection."""
+    with suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            async for _ in lines:
+                pass
 
 
 def _count_of(raw: bytes) -> int | None:

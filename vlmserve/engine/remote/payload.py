@@ -48,6 +48,9 @@ ImageEncoding = Literal["auto", "jpeg", "png"]
 Json = dict[str, Any]
 
 MAX_PNG_COLOURS = 256
+# Below this many new pixels (a 256x256 picture: well under a millisecond to encode), encoding on
+# the event loop is cheaper than the hop to a worker thread and back.
+INLINE_ENCODE_PIXELS = 256 * 256
 
 
 class ImageEncoder:
@@ -71,6 +74,16 @@ class ImageEncoder:
         url = encode_data_url(image, self.encoding, self.jpeg_quality)
         self._remember(key, url)
         return url
+
+    def num_pending_pixels(self, media: tuple[MediaInput, ...]) -> int:
+        """The pixels of ``media`` still to encode (0: every frame is cached)."""
+        with self._lock:
+            return sum(
+                frame.size[0] * frame.size[1]
+                for item in media
+                for i, frame in enumerate(item.frames)
+                if (item.identity, i, frame.size, frame.mode) not in self._cache
+            )
 
     def _remember(self, key: tuple[object, ...], url: str) -> None:
         if len(url) > self.cache_bytes:

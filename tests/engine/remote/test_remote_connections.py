@@ -1,4 +1,4 @@
-"""A client that goes away must free the replica, however its request task is cancelled."""
+"""Upstream connections: reused from request to request, and hung up when the client leaves."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 import pytest
 
-from tests.engine.remote.builders import running_engine, text_request
+from tests.engine.remote.builders import collect, running_engine, text_request
 from tests.engine.remote.upstream import UpstreamServer
 from vlmserve.engine.types import Event, Started
 
@@ -67,3 +67,17 @@ async def test_disconnected_client_hangs_up_on_the_replica_and_frees_the_slot(
         pool = engine._client._transport._pool  # type: ignore[union-attr,attr-defined]
         assert all(c.is_idle() or c.is_closed() for c in pool.connections)
     assert isinstance(received[0], Started)
+
+
+async def test_connection_is_reused_from_request_to_request(
+    replicas: list[UpstreamServer],
+) -> None:
+    """A stream left unread after ``[DONE]`` (the chunked body's last chunk) cost every request
+    a new connection to the replica."""
+    async with running_engine(replicas[:1], health_interval_s=60) as engine:
+        for i in range(5):
+            await collect(engine, text_request(f"question {i}"))
+        pool = engine._client._transport._pool  # type: ignore[union-attr,attr-defined]
+        counts = [int(c.info().rpartition(" ")[2]) for c in pool.connections]
+    # The first health check may run beside the first request, on a connection of its own.
+    assert sum(counts) == 6 and max(counts) >= 5, counts
