@@ -95,6 +95,10 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if settings.server.log_level != "debug":
+        # httpx logs every call to a replica (requests, health checks) at info: noise beside the
+        # one line per request TraceMiddleware writes, and a cost on the remote hot path.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(settings)
     uvicorn.run(
         app,
