@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from pydantic import BaseModel
@@ -39,8 +38,11 @@ async def sse_frames(
     finally:
         if pending is not None:
             pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
+            # asyncio.wait, not ``await pending``: a second cancellation of this task (the server
+            # tearing the response down) must not be forwarded into the engine's clean-up.
+            await asyncio.wait((pending,))
+            if not pending.cancelled():
+                pending.exception()  # retrieved, so never reported as lost
         aclose = getattr(items, "aclose", None)
         if aclose is not None:
             await aclose()
