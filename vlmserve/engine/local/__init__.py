@@ -5,6 +5,20 @@ engine.py (async facade) → core.py (step thread) → scheduler.py (who runs) /
 prompts; family.py holds what differs between model families; loader.py loads the model.
 """
 
-from vlmserve.engine.local.engine import LocalEngine
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vlmserve.engine.local.engine import LocalEngine
 
 __all__ = ["LocalEngine"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: remote mode imports only counter.py/prompt.py from here, not the model runner.
+    if name == "LocalEngine":
+        from vlmserve.engine.local.engine import LocalEngine
+
+        return LocalEngine
+    raise AttributeError(name)
