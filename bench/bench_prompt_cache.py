@@ -15,10 +15,12 @@ each answer appended to the history. Random weights answer noise, which a client
 a longer, different token sequence than a real model's answer; so answers are forced (a logits
 mask) to fixed English sentences, the kind of text a trained model returns, and the history holds
 that text (what a client sends back). Cache on runs the
-conversation, then cache off runs exactly the same five prompts. Then a new conversation (another
-system prompt) sends the same picture: the prefix cache misses, the encoder cache hits; cache off
-runs the same prompt. Time to first token is measured
-from ``generate`` to the first text event (prompt preparation included). Medians over rounds.
+conversation and cache off runs exactly the same prompts, turn by turn (which mode goes first
+alternates between rounds, so a change in the machine's load hits both). Then a new conversation
+(another system prompt) sends the same picture: the prefix cache misses, the encoder cache hits;
+cache off runs the same prompt. A warm-up request in each mode precedes the rounds. Time to first
+token is measured from ``generate`` to the first text event (prompt preparation included).
+Medians over rounds.
 """
 
 from __future__ import annotations
@@ -198,7 +200,6 @@ def one_round(
     r: int,
     args: Any,
 ) -> dict[str, Any]:
-    on = off = engine
     assert engine._loaded is not None
     tokenizer = engine._loaded.tokenizer
     for turn in range(args.turns):
@@ -206,20 +207,23 @@ def one_round(
         forced[f"on-{r}-{turn}"] = forced[f"off-{r}-{turn}"] = ids
     image = low_detail(picture(r), edge)
     system = system_prompt(tokenizer, f"session-{r}")
+    modes = (True, False) if r % 2 == 0 else (False, True)  # who goes first alternates
     turns: list[dict[str, Any]] = []
     answers: list[str] = []
-    switch(True)
     for turn in range(args.turns):
         prompt = conversation(system, image, turn + 1, answers)[-1]
-        t_on, answer, num_tokens, cached = asyncio.run(
-            first_token(on, prompt, f"on-{r}-{turn}", 200)
-        )
-        answers.append(answer.strip())
-        turns.append({"tokens": num_tokens, "cached": cached, "on": t_on})
-    switch(False)
-    for turn, prompt in enumerate(conversation(system, image, args.turns, answers)):
-        t_off, *_ = asyncio.run(first_token(off, prompt, f"off-{r}-{turn}", 200))
-        turns[turn]["off"] = t_off
+        row: dict[str, Any] = {}
+        for mode in modes:
+            switch(mode)
+            name = "on" if mode else "off"
+            ttft, answer, num_tokens, cached = asyncio.run(
+                first_token(engine, prompt, f"{name}-{r}-{turn}", 200)
+            )
+            row[name] = ttft
+            if mode:
+                row.update(tokens=num_tokens, cached=cached)
+        answers.append(answer.strip())  # forced: the same in both modes
+        turns.append(row)
     other = Prompt(
         (
             Message("system", (TextPart(system_prompt(tokenizer, f"other-{r}")),)),
@@ -227,13 +231,27 @@ def one_round(
         ),
         (image,),
     )
-    t_off, *_ = asyncio.run(first_token(off, other, f"new-off-{r}", 1))
-    switch(True)
-    t_on, _, num_tokens, cached = asyncio.run(first_token(on, other, f"new-on-{r}", 1))
-    new = {"tokens": num_tokens, "cached": cached, "on": t_on, "off": t_off}
+    new: dict[str, Any] = {}
+    for mode in modes:
+        switch(mode)
+        name = "on" if mode else "off"
+        ttft, _, num_tokens, cached = asyncio.run(first_token(engine, other, f"new-{name}-{r}", 1))
+        new[name] = ttft
+        if mode:
+            new.update(tokens=num_tokens, cached=cached)
     for row in [*turns, new]:
         print(row, file=sys.stderr)
     return {"turns": turns, "new": new}
+
+
+def warm_up(engine: LocalEngine, switch: Switch, edge: int) -> None:
+    """One request per mode first: kernels and allocations are created on first use."""
+    assert engine._loaded is not None
+    image = low_detail(picture(1000), edge)
+    for mode in (True, False):
+        switch(mode)
+        system = system_prompt(engine._loaded.tokenizer, f"warm-up-{mode}")
+        asyncio.run(first_token(engine, conversation(system, image, 1, [])[0], f"w{mode}", 2))
 
 
 def table(rounds: list[dict[str, Any]], fills: list[float], blocks_mib: float) -> str:
@@ -290,14 +308,15 @@ INTRO = """\
 Time to first token of a multi-turn image conversation on the `smolvlm-256m`-shaped dummy model
 (SmolVLM-256M's dimensions, random weights), one `LocalEngine` with its automatic prompt cache
 attached (default settings) or detached (every prompt prefilled whole, as with
-`prompt_cache=False`), alternately in the same run. Each round is a new
-conversation: a 600-token system prompt, one 1024x1024 picture at `detail=low` (512x512, one tile,
-67 tokens), five user turns, each answer appended to the history (answers are forced by a logits
-mask to fixed English sentences of 25-35 tokens: random weights answer noise, which a client would
-resend as a longer, different token sequence than a trained model's answer); cache off then runs
-exactly the same prompts. "new conversation, same picture" sends that round's picture after
-another system prompt: no prefix in common, so only the vision-encoder cache helps. TTFT runs from
-`generate` to the first text (prompt preparation included); medians over the rounds."""
+`prompt_cache=False`). Each round is a new conversation: a 600-token system prompt, one
+1024x1024 picture at `detail=low` (512x512, one tile, 67 tokens), five user turns, each answer
+appended to the history. Answers are forced by a logits mask to fixed English sentences of 25-35
+tokens: random weights answer noise, which a client would resend as a longer, different token
+sequence than a trained model's answer. Cache off runs exactly the same prompts, turn by turn, in
+the same run (which mode goes first alternates between rounds). "new conversation, same picture"
+sends that round's picture after another system prompt: no prefix in common, so only the
+vision-encoder cache helps. TTFT runs from `generate` to the first text (prompt preparation
+included); medians over the rounds."""
 
 
 def main() -> None:
