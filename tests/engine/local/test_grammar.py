@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 import torch
+import xgrammar as xgr
 from transformers import AutoTokenizer
 
 from tests.engine.local.helpers import Result, generate, image_prompt, request, text_prompt
@@ -221,7 +222,9 @@ def sample(
 
 
 def schema_spec(schema: dict[str, Any], strict: bool = True) -> GrammarSpec:
-    return GrammarSpec("json_schema", json.dumps(prepare_schema(schema)), strict)
+    return GrammarSpec(
+        "json_schema", json.dumps(prepare_schema(schema), ensure_ascii=False), strict
+    )
 
 
 # Every keyword serving accepts, each in a schema whose outputs end quickly.
@@ -317,6 +320,19 @@ def test_string_lengths_never_admit_control_characters(grammars: Grammars) -> No
         text = sample_text(grammars, schema_spec(schema), seed)
         assert text is not None
         jsonschema.validate(json.loads(text), schema)
+
+
+def test_string_lengths_count_characters_and_refuse_malformed_utf8(grammars: Grammars) -> None:
+    compiled = grammars.compile(schema_spec({"type": "string", "minLength": 1, "maxLength": 2}))
+
+    def accepts(raw: bytes) -> bool:
+        matcher = xgr.GrammarMatcher(compiled)
+        return bool(matcher.accept_string(raw)) and bool(matcher.is_completed())
+
+    assert accepts('"😀é"'.encode()) and accepts(b'"\x7f"')
+    assert not accepts(b'"abc"')
+    for malformed in (b'"\xed\xa0\x80"', b'"\xf0\x80\x80\x80"', b'"\xc0\xaf"'):
+        assert not accepts(malformed)  # a surrogate, two overlong encodings
 
 
 def test_special_tokens_are_never_allowed(grammars: Grammars) -> None:

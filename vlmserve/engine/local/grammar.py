@@ -68,7 +68,7 @@ def grammar_spec(request: GenerationRequest, fmt: ToolFormat) -> GrammarSpec | N
     if schema is None:
         return None
     strict = bool((request.response_format or {}).get("json_schema", {}).get("strict", True))
-    return GrammarSpec("json_schema", json.dumps(schema), strict)
+    return GrammarSpec("json_schema", json.dumps(schema, ensure_ascii=False), strict)
 
 
 def uses_tools(request: GenerationRequest) -> bool:
@@ -139,8 +139,9 @@ _SCHEMA_VALUES = (
 
 
 # One unescaped JSON string character, as UTF-8 allows it: no control characters, quote or
-# backslash, no surrogates (a negated class would also admit malformed byte sequences).
-_JSON_CHAR = "[ !#-\\[\\]-~\\u0080-\\ud7ff\\ue000-\\U0010ffff]"
+# backslash, no surrogates (a negated class would also admit malformed byte sequences). The
+# bounds are the characters themselves: xgrammar's regex reads no \U escape.
+_JSON_CHAR = "[ !#-\\[\\]-\x7f\x80-\ud7ff\ue000-\U0010ffff]"
 
 
 def prepare_schema(schema: Any) -> Any:
