@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import statistics
 import sys
 import time
@@ -351,8 +352,10 @@ def main() -> None:
     force_answers(on, forced)
     setattr(prefix_cache_module, "fill", timed_fill(fills))  # noqa: B010
     rounds = [one_round(on, switch, forced, edges[0], r, args) for r in range(args.rounds)]
+    switch(True)  # the last request may have run with the cache detached
     stats = asyncio.run(on.health()).prompt_cache
     assert stats is not None
+    print(json.dumps({"rounds": rounds, "fills": fills}), file=sys.stderr)
     body = table(rounds, fills, stats.kv_bytes / 2**20)
     device = on._detail.split(" ready on ")[-1]
     print(body)

@@ -10,6 +10,10 @@ the placeholder ids), done here so that
   only (idefics3 tiles are separate batch rows; Qwen2-VL attends within each item), so a slice
   equals what a full prefill scatters there.
 
+Items are what the processor sees: an image, a Qwen2-VL video (``<|video_pad|>`` tokens, its
+frames encoded together), or, for families that show a video as frames, each frame as an image
+(prompt.py names them ``identity#i``).
+
 ``layout`` maps the prompt's media (``PreparedPrompt.media_identities``, in prompt order) to their
 placeholder tokens; it returns None when that mapping cannot be proven from the inputs (an unknown
 family, counts that disagree), and the runner then prefills the whole prompt the model's own way
