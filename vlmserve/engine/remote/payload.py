@@ -196,6 +196,8 @@ def passthrough_fields(request: GenerationRequest) -> Json:
         fields["tools"] = list(request.tools)
     if request.tool_choice is not None:
         fields["tool_choice"] = request.tool_choice
+    if request.tools is not None and not request.parallel_tool_calls:
+        fields["parallel_tool_calls"] = False
     return fields
 
 
