@@ -42,6 +42,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchdoc import write_section  # noqa: E402 - bench/ is the script's own folder
+
 from vlmserve.catalog.spec import EngineBinding  # noqa: E402
 from vlmserve.engine.local import LocalEngine  # noqa: E402
 from vlmserve.engine.local.dummy import make_dummy_model  # noqa: E402
@@ -230,17 +232,6 @@ compiles once (then a lookup by spec); the tokenizer view is built once per load
 first constrained request. Shared 2-core machine: medians over interleaved rounds."""
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start_at = text.find(SECTION)
-    if start_at >= 0:
-        end = text.find("\n## ", start_at + len(SECTION))
-        text = text[:start_at] + body + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="a smolvlm-256m dummy model directory")
@@ -268,7 +259,7 @@ def main() -> None:
         intro = next(p for p in __doc__.split("\n\n") if p.startswith("One ``LocalEngine``"))
         intro = intro.strip()
         body = "\n\n".join([SECTION, intro, command, "\n".join(decode), "\n".join(compiled), NOTES])
-        write_section(args.write, body + "\n")
+        write_section(args.write, SECTION, body + "\n")
 
 
 if __name__ == "__main__":

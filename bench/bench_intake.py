@@ -46,6 +46,9 @@ CASES = {
     "2 MP PNG": ("png", (1920, 1080), 1),
     "20 x 1 MP JPEG, one request": ("jpeg", (1152, 864), 20),
 }
+
+from benchdoc import write_section  # noqa: E402 - bench/ is the script's own folder
+
 SECTION = "## Image intake (issue 3)"
 INTRO = """\
 Preparing one image for the model: vlmserve's `MediaIntake.prepare_images` (strict base64, format
@@ -233,17 +236,6 @@ def table(repeats: int) -> str:
     return "\n".join(rows)
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -261,7 +253,7 @@ def main() -> None:
             f"    .venv/bin/python bench/bench_intake.py --repeats {args.repeats} --write FILE"
         )
         body = "\n\n".join([SECTION, INTRO, command.replace("FILE", str(args.write)), rows, NOTES])
-        write_section(args.write, body + "\n")
+        write_section(args.write, SECTION, body + "\n")
 
 
 if __name__ == "__main__":

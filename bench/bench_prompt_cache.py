@@ -43,6 +43,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchdoc import write_section  # noqa: E402 - bench/ is the script's own folder
+
 from vlmserve.catalog.spec import EngineBinding  # noqa: E402
 from vlmserve.engine.local import LocalEngine  # noqa: E402
 from vlmserve.engine.local import prefix_cache as prefix_cache_module  # noqa: E402
@@ -305,17 +307,6 @@ def table(rounds: list[dict[str, Any]], fills: list[float], blocks_mib: float) -
     return "\n".join(rows)
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start_at = text.find(SECTION)
-    if start_at >= 0:
-        end = text.find("\n## ", start_at + len(SECTION))
-        text = text[:start_at] + body + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 INTRO = """\
 Time to first token of a multi-turn image conversation on the `smolvlm-256m`-shaped dummy model
 (SmolVLM-256M's dimensions, random weights), one `LocalEngine` with its automatic prompt cache
@@ -365,7 +356,9 @@ def main() -> None:
         )
         machine = f"Machine: {_cpu()}, {device}."
         command += " --write docs/benchmarks.md"
-        write_section(args.write, f"{SECTION}\n\n{INTRO}\n\n{command}\n\n{machine}\n\n{body}\n")
+        write_section(
+            args.write, SECTION, f"{SECTION}\n\n{INTRO}\n\n{command}\n\n{machine}\n\n{body}\n"
+        )
     asyncio.run(on.close())
 
 

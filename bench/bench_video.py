@@ -44,6 +44,9 @@ from vlmserve.settings import MediaSettings  # noqa: E402
 SECONDS, FPS, SIZE = 60, 30, (1920, 1080)
 GOPS = {"2 s (60 frames)": 60, "x264 default (250 frames)": 250}
 EDGE = 512  # SmolVLM-256M's detail=low edge, the default model's frame size
+
+from benchdoc import write_section  # noqa: E402 - bench/ is the script's own folder
+
 SECTION = "## Video sampling (issue 4)"
 WHERE = "the video"
 
@@ -217,17 +220,6 @@ def table(repeats: int) -> str:
     return "\n".join(rows)
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 INTRO = """\
 Sampling a 60 s 1080p H.264 clip (30 fps, 1,800 frames) to the default frame count (32 frames,
 512 px on the longest side) from a file on disk: vlmserve's `prepare_video` against decoding every
@@ -270,7 +262,7 @@ def main() -> None:
     if args.write:
         command = f"    .venv/bin/python bench/bench_video.py --repeats {args.repeats} --write FILE"
         body = "\n\n".join([SECTION, INTRO, command.replace("FILE", str(args.write)), rows, NOTES])
-        write_section(args.write, body + "\n")
+        write_section(args.write, SECTION, body + "\n")
 
 
 if __name__ == "__main__":
