@@ -31,6 +31,7 @@ import hashlib
 import json
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -314,10 +315,11 @@ def table(rounds: list[dict[str, Any]], fills: list[float], blocks_mib: float) -
         f"turns; target <= 10%). A warm turn recomputes what follows the last full 256-token "
         f"block it finds, {med(uncached):.0f} tokens here (median; cache off computes "
         f"{med(total):.0f} tokens and the picture): the time scales with that tail. Loading "
-        f"the cached blocks into a sequence's KV (concatenating them) took {1000 * med(fills):.2f} ms per warm turn "
-        f"(median; at most {1000 * max(fills):.2f} ms); the blocks held {blocks_mib:.0f} MiB "
-        "at the end."
+        "the cached blocks into a sequence's KV (concatenating them) took "
+        f"{1000 * med(fills):.2f} ms per warm turn (median; at most {1000 * max(fills):.2f} "
+        f"ms); the blocks held {blocks_mib:.0f} MiB at the end."
     )
+    rows[-1] = textwrap.fill(rows[-1], width=99, break_on_hyphens=False)
     return "\n".join(rows)
 
 
