@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchdoc import write_section  # noqa: E402 - bench/ is the script's own folder
+from benchlib import write_section  # noqa: E402 - bench/ is the script's own folder
 
 from vlmserve.catalog.spec import EngineBinding  # noqa: E402
 from vlmserve.engine.local import LocalEngine  # noqa: E402

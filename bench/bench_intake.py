@@ -22,7 +22,6 @@ import base64
 import io
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ CASES = {
     "20 x 1 MP JPEG, one request": ("jpeg", (1152, 864), 20),
 }
 
-from benchdoc import write_section  # noqa: E402 - bench/ is the script's own folder
+from benchlib import spawn, status_kb, write_section  # noqa: E402 - bench/ is the script's own folder
 
 SECTION = "## Image intake (issue 3)"
 INTRO = """\
@@ -184,32 +183,19 @@ def final_size(url: str, detail: str) -> tuple[int, int]:
     return fit(header.size, edge)
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def peak_memory(case: str, detail: str, path: str) -> float:
     """MB of peak RSS above the level once the input is loaded. VmHWM, reset through
     /proc/self/clear_refs: getrusage's maxrss would include the parent's peak (kept over exec)."""
     urls = data_urls(case)
     sizes = [final_size(u, detail) for u in urls]
     Path("/proc/self/clear_refs").write_text("5")
-    baseline_kb = _status_kb("VmRSS")
+    baseline_kb = status_kb("VmRSS")
     if path == "plain":
         outs = [plain(u, s) for u, s in zip(urls, sizes, strict=True)]
         del outs
     else:
         asyncio.run(_ours(urls, detail))
-    return (_status_kb("VmHWM") - baseline_kb) / 1024
-
-
-def spawn(*args: object) -> Any:
-    cmd = [sys.executable, __file__, "--child", json.dumps(args)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return (status_kb("VmHWM") - baseline_kb) / 1024
 
 
 def table(repeats: int) -> str:
@@ -222,9 +208,9 @@ def table(repeats: int) -> str:
         urls = data_urls(case)
         kb = sum(len(u.partition(",")[2]) * 3 // 4 for u in urls) / len(urls) / 1024
         for detail in ("low", "high"):
-            r = spawn("time", case, detail, repeats)
-            mem_plain = spawn("memory", case, detail, "plain")
-            mem_ours = spawn("memory", case, detail, "ours")
+            r = spawn(__file__, "time", case, detail, repeats)
+            mem_plain = spawn(__file__, "memory", case, detail, "plain")
+            mem_ours = spawn(__file__, "memory", case, detail, "ours")
             w, h = r["size"]
             rows.append(
                 f"| {case} ({kb:,.0f} KB each) | {detail} | {w}x{h} | {r['plain']:.1f} | "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from fractions import Fraction
@@ -45,7 +44,7 @@ SECONDS, FPS, SIZE = 60, 30, (1920, 1080)
 GOPS = {"2 s (60 frames)": 60, "x264 default (250 frames)": 250}
 EDGE = 512  # SmolVLM-256M's detail=low edge, the default model's frame size
 
-from benchdoc import write_section  # noqa: E402 - bench/ is the script's own folder
+from benchlib import spawn, status_kb, write_section  # noqa: E402 - bench/ is the script's own folder
 
 SECTION = "## Video sampling (issue 4)"
 WHERE = "the video"
@@ -167,13 +166,6 @@ def time_gop(gop: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def peak_memory(gop: int, which: str) -> float:
     """MB of peak RSS above the level before sampling (VmHWM reset via /proc/self/clear_refs)."""
     path = clip(gop)
@@ -181,18 +173,12 @@ def peak_memory(gop: int, which: str) -> float:
     timestamps, size = snapped.timestamps, snapped.size
     del snapped
     Path("/proc/self/clear_refs").write_text("5")
-    baseline_kb = _status_kb("VmRSS")
+    baseline_kb = status_kb("VmRSS")
     if which == "all":
         decode_all(path, timestamps, size)
     else:
         ours(path, which == "snap")
-    return (_status_kb("VmHWM") - baseline_kb) / 1024
-
-
-def spawn(*args: object) -> Any:
-    cmd = [sys.executable, __file__, "--child", json.dumps(args)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return (status_kb("VmHWM") - baseline_kb) / 1024
 
 
 def table(repeats: int) -> str:
@@ -204,8 +190,8 @@ def table(repeats: int) -> str:
     ]
     for name, gop in GOPS.items():
         clip(gop)
-        r = spawn("time", gop, repeats)
-        mem = {which: spawn("memory", gop, which) for which in ("all", "snap", "exact")}
+        r = spawn(__file__, "time", gop, repeats)
+        mem = {which: spawn(__file__, "memory", gop, which) for which in ("all", "snap", "exact")}
         m, d = r["medians"], r["decoded"]
         w, h = r["size"]
         frames_mb = r["num_frames"] * w * h * 3 / 2**20

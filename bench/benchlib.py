@@ -1,0 +1,36 @@
+"""Shared by the benchmark scripts: docs sections, peak memory, child processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def write_section(path: Path, section: str, body: str) -> None:
+    """Replace the section headed ``section`` (up to the next ``## ``) by ``body``, or append it."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find(section)
+    if start >= 0:
+        end = text.find("\n## ", start + len(section))
+        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def status_kb(field: str) -> int:
+    """A ``/proc/self/status`` field in kB (``VmRSS``, ``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def spawn(script: str, *args: object) -> Any:
+    """Run ``script --child ARGS`` in a fresh process; its last stdout line is JSON."""
+    cmd = [sys.executable, script, "--child", json.dumps(args)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
