@@ -322,7 +322,7 @@ def start_all(args: argparse.Namespace, stack: ExitStack, tmp: Path) -> dict[str
 
     model = args.model
     if model is None:
-        from vlmserve.engine.local.dummy import make_dummy_model
+        from vlmserve.dummy import make_dummy_model
 
         model = make_dummy_model(tmp / "tiny", "idefics3", "tiny")
     proc_dir = processor_only(model, tmp / "processor")

@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 from benchlib import write_section  # noqa: E402 - bench/ is the script's own folder
 
 from vlmserve.catalog.spec import EngineBinding  # noqa: E402
+from vlmserve.dummy import make_dummy_model  # noqa: E402
 from vlmserve.engine.local import LocalEngine  # noqa: E402
-from vlmserve.engine.local.dummy import make_dummy_model  # noqa: E402
 from vlmserve.engine.local.grammar import (  # noqa: E402
     GrammarProcessor,
     Grammars,

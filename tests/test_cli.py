@@ -48,7 +48,7 @@ def test_inspect_image_reports_what_the_model_sees(
 ) -> None:
     from PIL import Image
 
-    from vlmserve.engine.local.dummy import make_dummy_model
+    from vlmserve.dummy import make_dummy_model
 
     model = make_dummy_model(tmp_path / "model", "idefics3", "tiny")
     photo = tmp_path / "phone.jpg"

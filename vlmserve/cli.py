@@ -139,7 +139,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _make_dummy_model(args: argparse.Namespace) -> int:
-    from vlmserve.engine.local.dummy import make_dummy_model
+    from vlmserve.dummy import make_dummy_model
 
     try:
         path = make_dummy_model(args.path, args.family, args.shape, seed=args.seed)

@@ -20,7 +20,7 @@ FAMILIES = ("idefics3", "qwen2_vl")
 
 @pytest.fixture(scope="session")
 def dummy_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from vlmserve.engine.local.dummy import make_dummy_model
+    from vlmserve.dummy import make_dummy_model
 
     root = tmp_path_factory.mktemp("models")
     return {family: make_dummy_model(root / family, family, "tiny") for family in FAMILIES}

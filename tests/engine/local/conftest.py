@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.engine.local.helpers import FAMILIES, start_engine
+from vlmserve.dummy import make_dummy_model
 from vlmserve.engine.local import LocalEngine
-from vlmserve.engine.local.dummy import make_dummy_model
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from tests.engine.local.helpers import (
 )
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.local import LocalEngine
-from vlmserve.engine.local.family import family_for
+from vlmserve.engine.local.families import family_for
 from vlmserve.engine.local.loader import resolve_dtype
 from vlmserve.engine.local.prompt import PreparedPrompt, PromptPreparer
 from vlmserve.engine.types import (

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tests.engine.local.helpers import image, media
-from vlmserve.engine.local.family import Family, family_for
+from vlmserve.engine.local.families import Family, family_for
 from vlmserve.engine.local.prompt import PromptPreparer
 from vlmserve.engine.types import MediaPart, Message, Prompt, TextPart
 from vlmserve.errors import InvalidRequestError

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tests.engine.local.helpers import image, media
-from vlmserve.engine.local.family import family_for
+from vlmserve.engine.local.families import family_for
 from vlmserve.engine.local.prompt import PromptPreparer
 from vlmserve.engine.local.tool_format import (
     HERMES_TOOLS,

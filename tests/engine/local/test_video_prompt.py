@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tests.engine.local.helpers import collect, media, request
 from vlmserve.engine.local import LocalEngine
-from vlmserve.engine.local.family import family_for
+from vlmserve.engine.local.families import family_for
 from vlmserve.engine.local.prompt import PromptPreparer
 from vlmserve.engine.types import MediaInput, MediaPart, Message, Prompt, TextPart
 

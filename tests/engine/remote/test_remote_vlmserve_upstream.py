@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
-    from vlmserve.engine.local.dummy import make_dummy_model
+    from vlmserve.dummy import make_dummy_model
 
     model = make_dummy_model(Path(tmp_path_factory.mktemp("upstream")) / "m", "idefics3", "tiny")
     proc = ServerProcess(model)

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal
 
-from vlmserve.engine.local.family import Family, family_for
+from vlmserve.engine.local.families import Family, family_for
 from vlmserve.engine.local.prompt import PromptPreparer
 from vlmserve.engine.types import EngineHealth, Prompt, PromptUsage
 from vlmserve.errors import OverloadedError

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from vlmserve.engine.local.encoder_cache import EncoderCache
-from vlmserve.engine.local.family import Family, Idefics3, Qwen2VL
+from vlmserve.engine.local.families import Family, Idefics3, Qwen2VL
 
 
 @dataclass(frozen=True, slots=True)

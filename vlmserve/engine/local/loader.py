@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from vlmserve.catalog.spec import EngineBinding
-from vlmserve.engine.local.family import Family, family_for
+from vlmserve.engine.local.families import Family, family_for
 from vlmserve.settings import EngineSettings
 
 log = logging.getLogger(__name__)

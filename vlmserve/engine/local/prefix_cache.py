@@ -36,7 +36,7 @@ from vlmserve.engine.local.block_manager import (
 )
 from vlmserve.engine.local.embedder import Embedder, MediaSlot, embedder_for
 from vlmserve.engine.local.encoder_cache import EncoderCache
-from vlmserve.engine.local.family import Family
+from vlmserve.engine.local.families import Family
 from vlmserve.engine.local.sequence import Sequence
 from vlmserve.engine.types import PromptCacheStats
 from vlmserve.settings import EngineSettings

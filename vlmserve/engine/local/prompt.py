@@ -24,7 +24,7 @@ import torch
 from jinja2 import TemplateError
 from PIL import Image
 
-from vlmserve.engine.local.family import Family
+from vlmserve.engine.local.families import Family
 from vlmserve.engine.local.tool_format import tool_format_for
 from vlmserve.engine.types import MediaPart, Message, Prompt, PromptUsage, TextPart
 from vlmserve.errors import InvalidRequestError

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlmserve.engine.local.family import Family, Qwen2VL
+from vlmserve.engine.local.families import Family, Qwen2VL
 from vlmserve.engine.types import ToolCall, ToolCallDelta
 
 _TOOLS_SECTION = """# Tools

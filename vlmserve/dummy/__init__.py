@@ -9,6 +9,6 @@ Families (transformers ``model_type``) and their shapes:
 
 from __future__ import annotations
 
-from vlmserve.engine.local.dummy.build import FAMILIES, FAMILY_SHAPES, SHAPES, make_dummy_model
+from vlmserve.dummy.build import FAMILIES, FAMILY_SHAPES, SHAPES, make_dummy_model
 
 __all__ = ["FAMILIES", "FAMILY_SHAPES", "SHAPES", "make_dummy_model"]

@@ -32,7 +32,7 @@ from tokenizers import (
     trainers,
 )
 
-from vlmserve.engine.local.dummy.corpus import CORPUS
+from vlmserve.dummy.corpus import CORPUS
 
 Pipeline = Literal["gpt2", "qwen2"]
 

@@ -27,9 +27,9 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-from vlmserve.engine.local.dummy.shapes import Idefics3Shape, Qwen2VLShape, TextShape
-from vlmserve.engine.local.dummy.templates import QWEN2_VL_CHAT_TEMPLATE, SMOLVLM_CHAT_TEMPLATE
-from vlmserve.engine.local.dummy.tokenizer import AddedSpec, TokenizerSpec
+from vlmserve.dummy.shapes import Idefics3Shape, Qwen2VLShape, TextShape
+from vlmserve.dummy.templates import QWEN2_VL_CHAT_TEMPLATE, SMOLVLM_CHAT_TEMPLATE
+from vlmserve.dummy.tokenizer import AddedSpec, TokenizerSpec
 
 INITIALIZER_RANGE = 0.02  # the real configs' value; keeps 30+ random layers finite
 

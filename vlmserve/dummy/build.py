@@ -23,9 +23,9 @@ import transformers
 from tokenizers import Tokenizer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from vlmserve.engine.local.dummy.families import FAMILY_BUILDERS, Family, TokenizerFiles
-from vlmserve.engine.local.dummy.shapes import SHAPES_BY_FAMILY, Shape
-from vlmserve.engine.local.dummy.tokenizer import build_tokenizer
+from vlmserve.dummy.families import FAMILY_BUILDERS, Family, TokenizerFiles
+from vlmserve.dummy.shapes import SHAPES_BY_FAMILY, Shape
+from vlmserve.dummy.tokenizer import build_tokenizer
 
 FAMILIES: tuple[str, ...] = tuple(SHAPES_BY_FAMILY)
 SHAPES: tuple[str, ...] = tuple(

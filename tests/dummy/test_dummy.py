@@ -15,9 +15,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from vlmserve.engine.local.dummy import FAMILIES, FAMILY_SHAPES, SHAPES, make_dummy_model
-from vlmserve.engine.local.dummy.build import disk_size
-from vlmserve.engine.local.dummy.shapes import IDEFICS3_SHAPES, QWEN2_VL_SHAPES, SHAPES_BY_FAMILY
+from vlmserve.dummy import FAMILIES, FAMILY_SHAPES, SHAPES, make_dummy_model
+from vlmserve.dummy.build import disk_size
+from vlmserve.dummy.shapes import IDEFICS3_SHAPES, QWEN2_VL_SHAPES, SHAPES_BY_FAMILY
 
 TWO_TURNS = [
     {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},

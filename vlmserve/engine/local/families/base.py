@@ -1,0 +1,82 @@
+"""The generic family: what every family can override, and the fallback for unknown model types.
+
+Everything else in the engine is family-agnostic. A family is chosen by the config's ``model_type``
+(``families.family_for``); unknown types get ``Family`` itself, which works for models whose text
+stack takes plain 1-D positions and whose processor takes a flat list of images.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+FRAME_LABEL_TOKENS = 8  # "Frame at 12.5 s:" and the line break after the frame
+
+
+class Family:
+    model_types: ClassVar[tuple[str, ...]] = ()
+    uses_mm_token_type_ids: ClassVar[bool] = False  # does forward() take the processor's type ids
+    # Does the processor take ``videos=[frames]`` (the model's own video format)? Otherwise a
+    # video reaches the model as its frames, each an image after a "Frame at 1.0 s:" label.
+    native_video: ClassVar[bool] = False
+
+    def __init__(self, model: Any, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+
+    def nest_images(self, images: list[Image.Image]) -> Any:
+        """The ``images`` argument of ``processor(text=[one prompt], images=...)``."""
+        return images
+
+    def fit_image(self, image: Image.Image) -> Image.Image:
+        """The picture as this family's processor should receive it (media already sized it)."""
+        return image
+
+    def processor_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def video_kwargs(self) -> dict[str, Any]:
+        """Processor options for ``videos=`` (native video families): frames arrive sampled."""
+        return {}
+
+    def image_edges(self) -> tuple[int, int] | None:
+        """(low, high) longest-edge budgets for detail=low/high; None: leave images as they are."""
+        return None
+
+    def video_frame_tokens(self) -> int | None:
+        """About how many prompt tokens one video frame at the detail=low size costs (an upper
+        bound: a square frame), for the per-video token budget; None: unknown."""
+        return None
+
+    def reserved_strings(self) -> tuple[str, ...]:
+        """Strings a user's text must not contain: the processor would read them as media slots."""
+        tokens = (
+            getattr(self.processor, "image_token", None),
+            getattr(self.processor, "video_token", None),
+        )
+        return tuple(t for t in tokens if isinstance(t, str) and t)
+
+    def prefill_positions(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Position ids for the prompt, and the offset decode positions add to the cache length."""
+        length = inputs["input_ids"].shape[1]
+        positions = torch.arange(length, device=inputs["input_ids"].device).unsqueeze(0)
+        return positions, 0
+
+    def decode_positions(self, position: int, num_rows: int, device: torch.device) -> torch.Tensor:
+        """Position ids of one new token per row, at text position ``position``."""
+        return torch.full((num_rows, 1), position, dtype=torch.long, device=device)
+
+
+def get_size(size: Any, key: str) -> Any:
+    if isinstance(size, dict):
+        return size.get(key)
+    return getattr(size, key, None)
+
+
+def edge(size: Any) -> int:
+    value = get_size(size, "longest_edge") or get_size(size, "height")
+    if not value:
+        raise ValueError(f"the image processor's size {size!r} has no longest_edge")
+    return int(value)
