@@ -28,9 +28,12 @@ class _Frozen(BaseModel):
 class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    # "step": every stream chunk carries running usage (the hosted platform's behaviour).
-    # "openai": usage only in one final extra chunk, and only with stream_options.include_usage.
-    stream_usage: Literal["step", "openai"] = "step"
+    # "openai": usage null on stream chunks; one final chunk (choices: []) carries the totals when
+    # the client asks with stream_options.include_usage, running totals on every chunk with
+    # stream_options.continuous_usage_stats (vLLM's field). "step": every chunk carries the
+    # running usage, whatever the client asks (the hosted platform's shape; clients that add up
+    # chunk usage, such as LangChain and pydantic-ai, then over-count).
+    stream_usage: Literal["openai", "step"] = "openai"
     api_keys: tuple[str, ...] = ()  # empty: no authentication
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -34,6 +34,7 @@ class ChatRun:
     n: int
     usage: PromptUsage
     events: AsyncIterator[Event]
+    named_tool: bool = False  # tool_choice names a function: its call ends with "stop" (OpenAI)
 
     async def aclose(self) -> None:
         """Stop the generation (client gone); safe to call twice."""
@@ -71,7 +72,10 @@ class ChatService:
         if not isinstance(first, Started):
             await _aclose(events)
             raise InternalError("the engine did not report the prompt before generating")
-        return ChatRun(request_id, int(time.time()), req.model, sampling.n, first.usage, events)
+        named_tool = isinstance(constraints.tool_choice, dict)
+        return ChatRun(
+            request_id, int(time.time()), req.model, sampling.n, first.usage, events, named_tool
+        )
 
 
 def sampling_params(req: ChatCompletionRequest) -> SamplingParams:

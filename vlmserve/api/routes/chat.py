@@ -31,8 +31,8 @@ async def create_chat_completion(
 ) -> Response:
     run = await services.chat.start(body, tenant)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = assemble.stream(run, services.settings.server.stream_usage, include_usage)
+        usage = assemble.StreamUsage.of(services.settings.server.stream_usage, body.stream_options)
+        chunks = assemble.stream(run, usage)
         return StreamingResponse(
             sse_frames(chunks),
             media_type="text/event-stream",
