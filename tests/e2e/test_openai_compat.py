@@ -130,7 +130,7 @@ def test_json_schema_without_strict_is_enforced_closed(target: ServeProcess) -> 
         model=MODEL,
         messages=[{"role": "user", "content": "Pick one."}],
         response_format=fmt,
-        n=3,
+        n=8,
         temperature=1,
         seed=4,
         max_tokens=40,
