@@ -462,3 +462,31 @@ def test_tool_arguments_are_compact_and_closed(grammars: Grammars) -> None:
             assert_valid_call("get_weather", arguments)
             num_done += 1
     assert num_done >= 3
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_every_accepted_keyword_is_enforced_in_tool_arguments(
+    grammars: Grammars, name: str
+) -> None:
+    # tool arguments go through the EBNF conversion (_compact_json): nothing may be lost there
+    value = dict(SUPPORTED[name])
+    parameters = {
+        "type": "object",
+        "properties": {"v": value},
+        "required": ["v"],
+        "additionalProperties": False,
+    }
+    if "$defs" in value:  # references are to the root
+        parameters["$defs"] = value.pop("$defs")
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    named = {"type": "function", "function": {"name": "f"}}
+    spec = grammar_spec(replace(request(), tools=(tool,), tool_choice=named), HERMES_TOOLS)
+    assert spec is not None
+    begin, end = HERMES_TOOLS.call_begin("f"), HERMES_TOOLS.call_end
+    done = [t for t in (sample_text(grammars, spec, seed, steps=100) for seed in range(12)) if t]
+    assert len(done) >= 4
+    for text in done:
+        assert text.startswith(begin) and text.endswith(end)
+        arguments = text[len(begin) : -len(end)]
+        assert is_compact(arguments)
+        jsonschema.validate(json.loads(arguments), parameters)
