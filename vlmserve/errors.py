@@ -22,6 +22,7 @@ same request may succeed later (so clients can back off instead of giving up).
     ├── InternalError                500 internal_error             (a bug)
     ├── UpstreamError                502 upstream_error             (retryable)
     ├── OverloadedError              503 overloaded / model_loading (retryable)
+    │   └── ModelUnavailableError    503 model_unavailable          (cannot be loaded: start-up)
     │   └── UpstreamOverloadedError  503 overloaded, with the replicas' Retry-After hint
     └── TimeoutError_                504 timeout                    (retryable)
 """
@@ -145,6 +146,14 @@ class OverloadedError(VlmserveError):
     type = "server_error"
     code = "overloaded"
     retryable = True
+
+
+class ModelUnavailableError(OverloadedError):
+    """The model can be neither read from disk nor fetched from the hub; the message is the one
+    paragraph ``vlmserve serve`` prints before it exits."""
+
+    code = "model_unavailable"
+    retryable = False
 
 
 class TimeoutError_(VlmserveError):  # noqa: N801, N818 - the builtin name is taken

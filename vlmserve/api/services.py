@@ -99,6 +99,19 @@ def token_counts(binding: EngineBinding) -> str:
     return remote_token_counts(binding.model)
 
 
+def check_models(settings: Settings) -> None:
+    """Before the server starts: every locally served model can be loaded from disk or the hub
+    (one quick try); raises ``ModelUnavailableError`` with what to do instead."""
+    catalog = catalog_from_settings(settings.catalog, settings.engine)
+    models = {b.model for b in catalog.bindings() if b.kind != "remote"}
+    if not models:
+        return
+    from vlmserve.engine.local.loader import locate  # imports torch
+
+    for model in sorted(models):
+        locate(model)
+
+
 def build_services(
     settings: Settings,
     engine_factory: EngineFactory = default_engine_factory,
