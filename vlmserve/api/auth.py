@@ -2,9 +2,9 @@
 
 Keys come from two places: the settings' ``api_keys`` / ``admin_api_keys`` (simple set-ups), and
 the storage database (``vlmserve keys create``), indexed in memory by their SHA-256 and re-read
-every ``key_refresh_s`` (a revoked key stops working within that time; an unknown key triggers an
-early re-read, so a new key works at once). Looking a key up by its hash leaks through timing
-at most which hashes are near the guess, never the key.
+every ``key_refresh_s`` (a revoked key stops working within that time); an unknown key triggers a
+re-read (shared by the unknown keys that arrive meanwhile), so a new key works at once. Looking
+a key up by its hash leaks through timing at most which hashes are near the guess, never the key.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -22,8 +21,6 @@ from vlmserve.settings import ServerSettings
 from vlmserve.storage.keys import ApiKeyRecord, KeyStore, hash_key
 
 log = logging.getLogger("vlmserve")
-
-_MISS_REFRESH_S = 0.25  # an unknown key re-reads the table at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +63,8 @@ class KeyChecker:
         self._stored: dict[str, Identity] = {}
         self._store = store
         self._refresh_s = refresh_s
-        self._refreshed_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
+        self._pending: asyncio.Future[None] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -96,9 +93,18 @@ class KeyChecker:
             except Exception:  # a locked or broken database must not stop the refreshes
                 log.exception("API keys: re-reading the key table failed; keeping the old one")
 
+    async def _reread(self) -> None:
+        """One re-read shared by every unknown key that arrives while it runs."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self.refresh())
+            self._pending.add_done_callback(self._clear_pending)
+        await asyncio.shield(self._pending)
+
+    def _clear_pending(self, _: asyncio.Future[None]) -> None:
+        self._pending = None
+
     async def refresh(self) -> None:
         """Re-read the stored keys (the start-up, a timer, an unknown key)."""
-        self._refreshed_at = time.monotonic()
         if self._store is not None:
             records = await self._store.live_by_hash()
             self._stored = {h: _identity(r) for h, r in records.items()}
@@ -115,8 +121,8 @@ class KeyChecker:
             )
         digest = hash_key(key.strip())
         found = self._static.get(digest) or self._stored.get(digest)
-        if found is None and time.monotonic() - self._refreshed_at > _MISS_REFRESH_S:
-            await self.refresh()
+        if found is None and self._store is not None:
+            await self._reread()  # perhaps created since the last read
             found = self._stored.get(digest)
         if found is None:
             raise AuthenticationError("Invalid API key (unknown or revoked).")
