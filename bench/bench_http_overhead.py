@@ -6,7 +6,10 @@ directly on the engine in-process, same dummy model, same run. Run by hand:
 Two pairs are measured, interleaved round by round so machine noise hits both sides alike:
 - ``local``: the tiny idefics3 dummy model in the LocalEngine (server: ``vlmserve serve``);
 - ``fake``: the zero-compute FakeEngine (server = the same app in a uvicorn process), which isolates
-  what the HTTP layer itself adds.
+  what the HTTP layer itself adds; no API key (open mode), usage ledger and metrics on;
+- ``fake+keys`` (issue 13): the same with a stored API key sent on every request, a tier with all
+  three limits (concurrency, RPM, TPM: the prompt is counted before generating) set high enough
+  never to refuse, the usage ledger and the metrics on.
 Reported: p50 / p99 per side and the added latency (server - direct), medians over rounds.
 """
 
@@ -23,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -48,12 +52,13 @@ BODY = {
     "temperature": 0,
 }
 FAKE_APP = """
+import json, os
 import uvicorn
 from tests.fakes import FakeEngine, fake_factory
 from vlmserve.api.app import create_app
 from vlmserve.api.services import build_services
 from vlmserve.settings import Settings
-settings = Settings(server={"log_level": "warning"})
+settings = Settings(**json.loads(os.environ["BENCH_SETTINGS"]))
 app = create_app(settings, build_services(settings, fake_factory(FakeEngine())))
 uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning", access_log=False)
 """
@@ -93,11 +98,12 @@ def direct_call(engine: EngineClient) -> Callable[[], Awaitable[None]]:
 class RawClient:
     """A minimal keep-alive HTTP/1.1 client, so the figure is the server's cost, not httpx's."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, key: str | None = None) -> None:
         self.port = port
         body = json.dumps(BODY).encode()
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
         head = (
-            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         self.request = head.encode() + body
@@ -122,8 +128,15 @@ def http_call(client: RawClient) -> Callable[[], Awaitable[None]]:
     return client.post
 
 
-def start_server(cmd: list[str], port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLMSERVE_SERVER__LOG_LEVEL": "warning"}
+def start_server(
+    cmd: list[str], port: int, env_extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLMSERVE_SERVER__LOG_LEVEL": "warning",
+        **(env_extra or {}),
+    }
     proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -143,15 +156,24 @@ async def wait_ready(engine: EngineClient) -> None:
 
 
 async def measure_pair(
-    name: str, engine: EngineClient, server_cmd: list[str], port: int, n: int, rounds: int
+    name: str,
+    engine: EngineClient,
+    server_cmd: list[str],
+    port: int,
+    n: int,
+    rounds: int,
+    env: dict[str, str] | None = None,
+    key: str | None = None,
 ) -> dict[str, float]:
     await wait_ready(engine)
-    proc = start_server(server_cmd, port)
+    proc = start_server(server_cmd, port, env)
     direct_p50, server_p50, direct_p99, server_p99, added = [], [], [], [], []
     try:
         for _ in range(rounds):
             d = await timed(n, direct_call(engine))
-            async with RawClient(port) as client:  # fresh: uvicorn drops idle keep-alives after 5 s
+            async with RawClient(
+                port, key
+            ) as client:  # fresh: uvicorn drops idle keep-alives after 5 s
                 s = await timed(n, http_call(client))
             direct_p50.append(percentile(d, 0.5))
             server_p50.append(percentile(s, 0.5))
@@ -175,6 +197,36 @@ async def measure_pair(
     return row
 
 
+async def fake_variants(tmp: Path) -> list[tuple[str, dict[str, Any], str | None]]:
+    """(name, settings layers, API key) of each fake-engine server."""
+    open_dir, keys_dir = str(tmp / "open"), str(tmp / "keys")
+    key = await _create_key(Path(keys_dir))
+    server = {"log_level": "warning"}
+    tier = {"concurrency": 1000, "rpm": 10**7, "tpm": 10**12}
+    return [
+        ("fake", {"server": server, "storage": {"data_dir": open_dir}}, None),
+        (
+            "fake+keys",
+            {
+                "server": server,
+                "storage": {"data_dir": keys_dir},
+                "limits": {"tiers": {"bench": tier}, "default_tier": "bench"},
+            },
+            key,
+        ),
+    ]
+
+
+async def _create_key(data_dir: Path) -> str:
+    from vlmserve.storage.keys import KeyStore
+
+    store = KeyStore.at(data_dir)
+    try:
+        return (await store.create("bench"))[1]
+    finally:
+        await store.db.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
@@ -182,14 +234,22 @@ async def main() -> None:
     parser.add_argument(
         "--model", type=Path, help="a dummy model dir (default: build tiny idefics3)"
     )
+    parser.add_argument("--fake-only", action="store_true", help="skip the tiny-model pair")
     args = parser.parse_args()
 
-    port = free_port()
-    fake_cmd = [sys.executable, "-c", FAKE_APP.replace("PORT", str(port))]
-    rows = {
-        "fake": await measure_pair("fake", FakeEngine(), fake_cmd, port, args.requests, args.rounds)
-    }
+    rows: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, layers, key in await fake_variants(Path(tmp)):
+            port = free_port()
+            fake_cmd = [sys.executable, "-c", FAKE_APP.replace("PORT", str(port))]
+            env = {"BENCH_SETTINGS": json.dumps(layers)}
+            rows[name] = await measure_pair(
+                name, FakeEngine(), fake_cmd, port, args.requests, args.rounds, env, key
+            )
 
+    if args.fake_only:
+        print_table(rows)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
@@ -212,8 +272,15 @@ async def main() -> None:
             "--port",
             str(port),
         ]
-        rows["local"] = await measure_pair("local", engine, cmd, port, args.requests, args.rounds)
+        env = {"VLMSERVE_STORAGE__DATA_DIR": str(Path(tmp) / "data")}
+        rows["local"] = await measure_pair(
+            "local", engine, cmd, port, args.requests, args.rounds, env
+        )
 
+    print_table(rows)
+
+
+def print_table(rows: dict[str, dict[str, float]]) -> None:
     print(
         "\n| engine | direct p50 ms | direct p99 ms | server p50 ms | server p99 ms "
         "| added p50 ms | added p99 ms |"
