@@ -190,7 +190,7 @@ class _Observed:
             if aclose is not None:
                 await aclose()
         finally:
-            self._account.on_end("aborted")  # a no-op when it already ended
+            self._account.on_end("aborted", 499)  # a no-op when it already ended
 
 
 def _model_label(services: Services, requested: str) -> str:
