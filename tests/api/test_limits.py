@@ -53,9 +53,10 @@ def test_concurrency_admits_exactly_the_limit_in_flight(tmp_path: Path) -> None:
         replies = asyncio.run(_burst(live.base_url, 10, BODY, key))
         codes = sorted(r.status_code for r in replies)
         assert codes == [200] * 3 + [429] * 7
-        assert all(
-            "concurrency 3" in r.json()["error"]["message"] for r in replies if r.status_code == 429
-        )
+        for reply in (r for r in replies if r.status_code == 429):
+            assert "concurrency 3" in reply.json()["error"]["message"]
+            assert reply.json()["error"]["type"] == "rate_limit_error"
+            assert reply.headers["retry-after"] == "1"
         # the slots come back when the requests end
         again = asyncio.run(_burst(live.base_url, 3, BODY, key))
         assert [r.status_code for r in again] == [200, 200, 200]

@@ -48,6 +48,7 @@ class UsageRow:
         return self.prompt_tokens + self.completion_tokens
 
 
+MAX_PENDING_ROWS = 100_000  # while the database cannot be written: memory stays bounded
 _NAMES = tuple(f.name for f in fields(UsageRow))
 _INSERT = f"INSERT INTO usage ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})"
 _GROUPS = {
@@ -101,7 +102,7 @@ class UsageLedger:
             await self._db.run(lambda conn: _write(conn, rows, last_used))
         except (sqlite3.Error, OSError):
             log.exception("usage ledger: %d rows not written yet, retrying", len(rows))
-            self._rows[:0] = rows  # keep them for the next try, in order
+            self._rows[:0] = rows[-MAX_PENDING_ROWS:]  # kept for the next try, in order
             self._last_used = {**last_used, **self._last_used}
             return 0
         return len(rows)
