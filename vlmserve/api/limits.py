@@ -10,11 +10,14 @@ limits hold exactly however many requests arrive together.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 
 from vlmserve.errors import QuotaExceededError, RateLimitError
 from vlmserve.settings import LimitsSettings, TierSettings
+
+log = logging.getLogger("vlmserve")
 
 WINDOW_S = 60.0
 Headers = list[tuple[bytes, bytes]]
@@ -164,7 +167,8 @@ class Admission:
 
 class RateLimiter:
     def __init__(self, settings: LimitsSettings) -> None:
-        self._settings = settings
+        self._tiers = settings.all_tiers
+        self._default_tier = settings.default_tier
         self._states: dict[str, KeyState] = {}
         self._spent: dict[str, int] = {}
 
@@ -180,7 +184,11 @@ class RateLimiter:
         return self._spent.get(key_id, 0)
 
     def state(self, key_id: str, tier: str | None) -> KeyState:
-        tier_settings = self._settings.tier(tier)
+        name = tier or self._default_tier
+        tier_settings = self._tiers.get(name)
+        if tier_settings is None:  # a stored key's tier no longer in the settings
+            log.warning("key %s: tier %r is not in the settings; using the default", key_id, name)
+            tier_settings = self._tiers[name] = self._tiers[self._default_tier]  # warned once
         state = self._states.get(key_id)
         if state is None or state.tier is not tier_settings:
             state = self._states[key_id] = KeyState(tier_settings)
