@@ -13,7 +13,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -24,6 +30,10 @@ from vlmserve.engine.types import EngineHealth, PromptCacheStats
 from vlmserve.errors import MediaFetchError, PayloadTooLargeError, VlmserveError
 from vlmserve.media.fetch import SafeFetcher
 from vlmserve.media.intake import MediaIntake
+
+# No ``*_created`` series beside every counter and histogram: nothing graphs them, and they
+# double the exposition (vLLM turns them off too). prometheus-client only has a global switch.
+disable_created_metrics()
 
 P = "vlmserve:"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
