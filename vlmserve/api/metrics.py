@@ -33,7 +33,7 @@ from vlmserve.media.intake import MediaIntake
 
 # No ``*_created`` series beside every counter and histogram: nothing graphs them, and they
 # double the exposition (vLLM turns them off too). prometheus-client only has a global switch.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 P = "vlmserve:"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
