@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
-from vlmserve.api.routes.usage import parse_since
 from vlmserve.errors import InvalidRequestError
 from vlmserve.settings import Settings
 from vlmserve.storage.keys import KeyStore
@@ -61,3 +61,19 @@ def usage_totals(
 def _shown(settings: Settings, row: dict[str, Any]) -> dict[str, Any]:
     row["tier"] = row["tier"] or f"{settings.limits.default_tier} (default)"
     return row
+
+
+def parse_since(text: str | None) -> float | None:
+    """``2026-12-01`` (a UTC day) or an ISO 8601 time → Unix seconds."""
+    if text is None:
+        return None
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequestError(
+            f"since: {text!r} is not a date; use YYYY-MM-DD or an ISO 8601 time.", param="since"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

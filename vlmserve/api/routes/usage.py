@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
+from vlmserve.api.admin import parse_since
 from vlmserve.api.deps import AdminDep, ServicesDep
-from vlmserve.errors import InvalidRequestError
 from vlmserve.protocol.errors import ErrorResponse
 
 router = APIRouter()
@@ -29,19 +28,3 @@ async def usage(
     await services.ledger.flush()  # what finished until now, not a second ago
     rows = await services.ledger.totals(key, parse_since(since), by)
     return {"object": "list", "data": rows}
-
-
-def parse_since(text: str | None) -> float | None:
-    """``2026-12-01`` (a UTC day) or an ISO 8601 time → Unix seconds."""
-    if text is None:
-        return None
-    try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequestError(
-            f"since: {text!r} is not a date; use YYYY-MM-DD or an ISO 8601 time.", param="since"
-        ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
