@@ -135,3 +135,18 @@ def test_a_tpm_refusal_does_not_count_as_a_request() -> None:
     except RateLimitError:
         admission.release(0, 0.0)
     limiter.admit("k", None, None, now=1.0)  # the RPM slot was given back
+
+
+def test_a_tpm_reservation_counts_the_tools_section_the_prompt_is_billed(tmp_path: Path) -> None:
+    key = create_key(tmp_path, "tools")
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    body = {**BODY, "max_tokens": 5}  # 2 prompt tokens + 5: fits 10; the tools add 8 more
+    srv, live = server(tmp_path, limits=_tier(tpm=10))
+    with srv, httpx.Client(base_url=live.base_url) as http:
+        with_tools = http.post(
+            "/v1/chat/completions", json={**body, "tools": [tool]}, headers=bearer(key)
+        )
+        assert with_tools.status_code == 429, with_tools.text
+        assert "needs 15 tokens" in with_tools.json()["error"]["message"]  # 2 + 8 + 5
+        bare = http.post("/v1/chat/completions", json=body, headers=bearer(key))
+        assert bare.status_code == 200

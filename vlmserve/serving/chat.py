@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from vlmserve.engine.types import (
     Event,
@@ -62,7 +63,7 @@ class ChatService:
         check_tool_history(req.messages)
         prepared = await self._preparer.prepare(req.model, req.messages, tenant)
         if reserve_tokens is not None:
-            reserve_tokens(await self._most_tokens(prepared, sampling))
+            reserve_tokens(await self._most_tokens(prepared, sampling, constraints.tools or ()))
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         generation = GenerationRequest(
             request_id=request_id,
@@ -89,9 +90,12 @@ class ChatService:
             request_id, int(time.time()), req.model, sampling.n, first.usage, events, named_tool
         )
 
-    async def _most_tokens(self, prepared: PreparedPrompt, sampling: SamplingParams) -> int:
-        """Prompt tokens plus every choice's ``max_tokens`` (or what the window leaves)."""
-        usage = await prepared.engine.count_tokens(prepared.prompt)
+    async def _most_tokens(
+        self, prepared: PreparedPrompt, sampling: SamplingParams, tools: tuple[dict[str, Any], ...]
+    ) -> int:
+        """Prompt tokens (the tools section included) plus every choice's ``max_tokens`` (or what
+        the window leaves)."""
+        usage = await prepared.engine.count_tokens(prepared.prompt, tools)
         window = await self._preparer.context_window(prepared.spec, prepared.engine)
         room = max(0, window - usage.prompt_tokens)
         per_choice = min(sampling.max_tokens, room) if sampling.max_tokens is not None else room
