@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ import uvicorn
 from tests.fakes import FakeEngine, fake_factory
 from vlmserve.api.app import create_app
 from vlmserve.api.services import build_services
-from vlmserve.settings import Settings
+from vlmserve.settings import Settings, StorageSettings
 
 
 def free_port() -> int:
@@ -57,6 +59,11 @@ class ThreadedServer:
 
 
 def start_fake_server(settings: Settings, engine: FakeEngine) -> tuple[ThreadedServer, LiveServer]:
+    if settings.storage.data_dir == StorageSettings().data_dir:
+        # Never the user's own data dir: its API keys would turn authentication on, and the
+        # usage ledger would write there.
+        storage = settings.storage.model_copy(update={"data_dir": Path(tempfile.mkdtemp())})
+        settings = settings.model_copy(update={"storage": storage})
     services = build_services(settings, fake_factory(engine))
     port = free_port()
     server = ThreadedServer(create_app(settings, services), port)

@@ -31,6 +31,8 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLMSERVE_MEDIA__ALLOW_LOOPBACK": "true"}
+        # a data dir of its own: never the user's API keys, files or usage ledger
+        env.setdefault("VLMSERVE_STORAGE__DATA_DIR", tempfile.mkdtemp(prefix="vlmserve-e2e-"))
         env.update(extra_env or {})
         cmd = [sys.executable, "-m", "vlmserve", "serve", "--model", str(model)]
         cmd += ["--port", str(self.port), "--log-level", "warning"]
@@ -97,6 +99,8 @@ class ServeProcess(ServerProcess):
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLMSERVE_MEDIA__ALLOW_LOOPBACK": "true"}
+        # a data dir of its own: never the user's API keys, files or usage ledger
+        env.setdefault("VLMSERVE_STORAGE__DATA_DIR", tempfile.mkdtemp(prefix="vlmserve-e2e-"))
         env.update(extra_env or {})
         cmd = [sys.executable, "-m", "vlmserve", "serve", "--model", str(model), *args]
         cmd += ["--port", str(self.port), "--log-level", log_level]
