@@ -15,7 +15,6 @@ from vlmserve.api.auth import KeyChecker
 from vlmserve.catalog.registry import Catalog, catalog_from_settings
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.client import EngineClient
-from vlmserve.media.fetch import SafeFetcher
 from vlmserve.media.intake import MediaIntake
 from vlmserve.serving.chat import ChatService
 from vlmserve.serving.files import FileService
@@ -106,5 +105,5 @@ def build_services(
         chat=ChatService(preparer),
         tokens=TokenService(preparer),
         keys=KeyChecker(settings.server.api_keys),
-        files=FileService(store, SafeFetcher(settings.media), settings.storage),
+        files=FileService(store, intake.fetcher, settings.storage),
     )

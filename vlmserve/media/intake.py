@@ -96,7 +96,7 @@ class MediaIntake:
     ) -> None:
         self._settings = settings
         self._files = files
-        self._fetcher = SafeFetcher(settings, resolver)
+        self._fetcher = SafeFetcher(settings, resolver)  # its concurrency cap is server-wide
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="vlmserve-media")
         self._cache = ImageCache(settings.cache_bytes)
         self._prepares: SingleFlight[PreparedImage] = SingleFlight()
@@ -106,6 +106,11 @@ class MediaIntake:
     @property
     def cache(self) -> ImageCache:
         return self._cache
+
+    @property
+    def fetcher(self) -> SafeFetcher:
+        """The server's one fetcher (file uploads by URL share its concurrency cap)."""
+        return self._fetcher
 
     async def prepare_images(
         self, refs: Sequence[MediaRef], policy: ImagePolicy, owner: str = ""

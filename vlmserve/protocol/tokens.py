@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, model_validator
 
 from vlmserve.protocol.chat import ChatMessageIn
 from vlmserve.protocol.common import WireModel
+from vlmserve.protocol.limits import check_body
 
 
 class TokenCountRequest(WireModel):
     model: str = Field(min_length=1)
     messages: list[ChatMessageIn] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        return check_body(data)
 
 
 class TokenCountData(WireModel):

@@ -1,0 +1,106 @@
+"""Bounds every request body meets before any field is read: nesting depth, valid Unicode, and
+the size of JSON schemas.
+
+Python's JSON parser turns ``"\\ud800"`` into a lone UTF-16 surrogate, which no tokenizer, UTF-8
+encoder or database takes; nesting thousands of levels deep overflows any recursive walk
+(schema preparation, logging, copying). Both are refused here, once, with a 400 naming the
+field (``messages[0].content[1].text``) and the limit, so nothing below ``protocol`` needs to
+guard against them. The walk is iterative and touches each value once: a few microseconds for
+an ordinary request, and ``str.isascii`` (constant time in CPython) skips the character scan of
+ASCII text however long.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic_core import PydanticCustomError
+
+MAX_JSON_DEPTH = 64  # nesting of objects and arrays anywhere in a request body
+# A JSON schema (``response_format.json_schema.schema``, a tool's ``parameters``): OpenAI allows
+# 10 levels of object nesting in strict mode (about 21 JSON levels); 32 leaves room for
+# ``anyOf``/``items`` wrappers. The node count bounds grammar compilation time and memory.
+MAX_SCHEMA_DEPTH = 32
+MAX_SCHEMA_NODES = 10_000
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_body(data: Any) -> Any:
+    """A pydantic ``mode="before"`` check of a whole request body; returns ``data`` unchanged."""
+    _walk(data, max_depth=MAX_JSON_DEPTH, max_nodes=None, what="the request body")
+    return data
+
+
+def check_schema(schema: Any) -> Any:
+    """A pydantic ``mode="after"`` check of one JSON schema value; returns it unchanged."""
+    _walk(schema, max_depth=MAX_SCHEMA_DEPTH, max_nodes=MAX_SCHEMA_NODES, what="a JSON schema")
+    return schema
+
+
+def _walk(root: Any, *, max_depth: int, max_nodes: int | None, what: str) -> None:
+    # Each entry: (value, depth, parent entry, key); paths are only built for an error.
+    stack: list[tuple[Any, int, Any, str | int | None]] = [(root, 0, None, None)]
+    num_nodes = 0
+    while stack:
+        entry = stack.pop()
+        value, depth = entry[0], entry[1]
+        num_nodes += 1
+        if max_nodes is not None and num_nodes > max_nodes:
+            raise _error(
+                "json_too_large",
+                f"{what} may have at most {max_nodes} values (objects, arrays, strings, "
+                "numbers); simplify it",
+                entry,
+            )
+        if isinstance(value, str):
+            _check_text(value, entry)
+        elif isinstance(value, dict | list):
+            if depth >= max_depth:
+                raise _error(
+                    "json_too_deep",
+                    f"{what} may nest objects and arrays at most {max_depth} levels deep; "
+                    "flatten it",
+                    entry,
+                )
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, child in items:
+                if isinstance(key, str):
+                    _check_text(key, (key, depth + 1, entry, key))
+                stack.append((child, depth + 1, entry, key))
+
+
+def _check_text(text: str, entry: tuple[Any, int, Any, str | int | None]) -> None:
+    if text.isascii():
+        return
+    found = _SURROGATE.search(text)
+    if found is None:
+        return
+    where = found.start()
+    raise _error(
+        "invalid_unicode",
+        f"contains a lone UTF-16 surrogate (U+{ord(found.group()):04X}) at character {where}, "
+        "which is not valid Unicode; send valid UTF-8 text (escape a non-BMP character as a "
+        "surrogate pair, e.g. \\ud83d\\ude00)",
+        entry,
+    )
+
+
+def _error(kind: str, message: str, entry: tuple[Any, ...]) -> PydanticCustomError:
+    """``ctx.param`` carries the field's path; ``api/errors.py`` reports it as ``param``."""
+    path = _path(entry)
+    return PydanticCustomError(kind, "{detail}", {"detail": message, "param": path})
+
+
+def _path(entry: tuple[Any, ...] | None, max_keys: int = 12) -> str:
+    """``messages[0].content[1].text``; a deeper path keeps its first ``max_keys`` keys."""
+    keys: list[str | int] = []
+    while entry is not None and entry[2] is not None:
+        keys.append(entry[3])
+        entry = entry[2]
+    keys.reverse()
+    out = ""
+    for key in keys[:max_keys]:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out + ("..." if len(keys) > max_keys else "")
