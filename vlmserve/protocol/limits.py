@@ -102,5 +102,9 @@ def _path(entry: tuple[Any, ...] | None, max_keys: int = 12) -> str:
     keys.reverse()
     out = ""
     for key in keys[:max_keys]:
-        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+        if isinstance(key, int):
+            out += f"[{key}]"
+            continue
+        shown = key.encode("utf-8", "backslashreplace").decode()  # a key may be the bad text
+        out += f".{shown}" if out else shown
     return out + ("..." if len(keys) > max_keys else "")
