@@ -116,3 +116,20 @@ def test_hopeless_huge_prompt_is_refused_before_reaching_the_engine(
     err = assert_error(http.post(path, json=body), 400, "messages", "context_length_exceeded")
     assert str(MAX_MODEL_LEN) in err["message"]
     assert len(fake_server.engine.requests) == before
+
+
+def test_escaped_surrogate_inside_replayed_tool_arguments_is_400(http: httpx.Client) -> None:
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": '{"a": "\\ud800"}'},
+    }
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+    err = assert_error(
+        chat(http, messages=messages), 400, "messages[1].tool_calls[0].function.arguments.a"
+    )
+    assert "surrogate" in err["message"]

@@ -96,3 +96,19 @@ def test_lone_surrogate_reaches_no_tokenizer(server: ServerProcess) -> None:
         )
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["param"] == "messages[0].content"
+
+
+def test_escaped_surrogate_in_replayed_tool_arguments_reaches_no_tokenizer(
+    server: ServerProcess,
+) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '["\\ud800"]'}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+    body = {"model": MODEL, "messages": messages, "max_tokens": 2}
+    for path in ("/v1/chat/completions", "/v1/token/count"):
+        resp = httpx.post(server.base_url + path, json=body, timeout=30)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == "messages[1].tool_calls[0].function.arguments[0]"

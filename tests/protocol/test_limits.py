@@ -125,3 +125,39 @@ def test_seed_outside_the_signed_64_bit_range_is_refused(seed: int) -> None:
 @pytest.mark.parametrize("seed", [2**63 - 1, -(2**63), 0, -1])
 def test_seed_inside_the_signed_64_bit_range_passes(seed: int) -> None:
     assert ChatCompletionRequest.model_validate(chat(seed=seed)).seed == seed
+
+
+def replayed_call(arguments: str) -> dict[str, Any]:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    return chat(
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "kind", "inner"),
+    [
+        ('{"a": "\\ud800"}', "invalid_unicode", "[0].function.arguments.a"),
+        ('"\\udc00"', "invalid_unicode", "[0].function.arguments"),
+        ("[" * 5000 + "]" * 5000, "json_too_deep", "[0].function.arguments"),
+        ('{"a": ' + "[" * 100 + "]" * 100 + "}", "json_too_deep", "[0].function.arguments.a"),
+    ],
+)
+def test_replayed_tool_call_arguments_are_bounded_once_parsed(
+    arguments: str, kind: str, inner: str
+) -> None:
+    """The engine parses a replayed call's arguments: escaped surrogates and deep nesting hidden
+    in the JSON text would reach the tokenizer or overflow the parser."""
+    error = refusal(replayed_call(arguments))
+    assert error["type"] == kind
+    assert error["loc"][-1] == "tool_calls"
+    assert error["ctx"]["param"].startswith(inner)
+
+
+@pytest.mark.parametrize("arguments", ['{"city": "Paris"}', "not JSON at all", ""])
+def test_ordinary_or_non_json_arguments_pass(arguments: str) -> None:
+    ChatCompletionRequest.model_validate(replayed_call(arguments))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from vlmserve.protocol.common import WireModel
-from vlmserve.protocol.limits import check_body, check_schema
+from vlmserve.protocol.limits import check_body, check_json_text, check_schema
 from vlmserve.protocol.usage import Usage
 
 # A JSON schema, bounded in depth and size (protocol/limits.py).
 Schema = Annotated[dict[str, Any], AfterValidator(check_schema)]
+
 # Seeds: the signed 64-bit range, as OpenAI and vLLM take them.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
@@ -78,6 +79,14 @@ class AssistantMessage(WireModel):
     content: str | list[TextContent] | None = None
     tool_calls: list[ToolCall] | None = None
     name: str | None = None
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _bounded_arguments(cls, calls: list[ToolCall] | None) -> list[ToolCall] | None:
+        """The engine parses a replayed call's arguments: bounded once parsed, like a body."""
+        for j, call in enumerate(calls or ()):
+            check_json_text(call.function.arguments, f"[{j}].function.arguments")
+        return calls
 
 
 class ToolMessage(WireModel):

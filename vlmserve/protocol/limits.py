@@ -12,6 +12,7 @@ ASCII text however long.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -37,6 +38,28 @@ def check_schema(schema: Any) -> Any:
     """A pydantic ``mode="after"`` check of one JSON schema value; returns it unchanged."""
     _walk(schema, max_depth=MAX_SCHEMA_DEPTH, max_nodes=MAX_SCHEMA_NODES, what="a JSON schema")
     return schema
+
+
+def check_json_text(text: str, param: str) -> None:
+    """A string that holds JSON (a tool call's ``arguments``, at ``param``): once parsed, the same
+    bounds as a body. Text that is not JSON passes (it is replayed as sent)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        detail = f"this JSON text nests deeper than {MAX_JSON_DEPTH} levels; flatten it"
+        raise PydanticCustomError(
+            "json_too_deep", "{detail}", {"detail": detail, "param": param}
+        ) from None
+    except ValueError:
+        return
+    try:
+        _walk(value, max_depth=MAX_JSON_DEPTH, max_nodes=None, what="this JSON text")
+    except PydanticCustomError as exc:
+        inner = str((exc.context or {}).get("param", ""))
+        inner = inner if not inner or inner.startswith("[") else "." + inner
+        raise PydanticCustomError(
+            exc.type, "{detail}", {"detail": exc.message(), "param": param + inner}
+        ) from None
 
 
 def _walk(root: Any, *, max_depth: int, max_nodes: int | None, what: str) -> None:
