@@ -56,7 +56,7 @@ def fuzz_server(
 
 @pytest.mark.parametrize("which", ["fixed", "rotating"])
 def test_openapi_fuzzing_finds_no_server_error_and_no_schema_mismatch(
-    fuzz_server: ServeProcess, which: str, capsys: pytest.CaptureFixture[str]
+    fuzz_server: ServeProcess, which: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     seed = FIXED_SEED if which == "fixed" else rotating_seed()
     with capsys.disabled():
@@ -89,7 +89,8 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_schema_mismatch(
         "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks",
         "NO_COLOR": "1",
     }
-    run = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    # In a temporary directory: schemathesis keeps a crash cache in its working directory.
+    run = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     output = run.stdout + run.stderr
     assert run.returncode == 0, (
         f"schemathesis ({which} seed {seed}) found problems:\n{output[-6000:]}\n"
