@@ -63,34 +63,40 @@ def check_json_text(text: str, param: str) -> None:
 
 
 def _walk(root: Any, *, max_depth: int, max_nodes: int | None, what: str) -> None:
-    # Each entry: (value, depth, parent entry, key); paths are only built for an error.
+    # Each container entry: (value, depth, parent entry, key); paths are only built for an
+    # error. Leaves are checked in place (no entry): most values of a body are leaves.
+    if not isinstance(root, dict | list):
+        if isinstance(root, str):
+            _check_text(root, (root, 0, None, None))
+        return
     stack: list[tuple[Any, int, Any, str | int | None]] = [(root, 0, None, None)]
-    num_nodes = 0
+    limit = max_nodes if max_nodes is not None else -1
+    num_nodes = 1
     while stack:
         entry = stack.pop()
         value, depth = entry[0], entry[1]
-        num_nodes += 1
-        if max_nodes is not None and num_nodes > max_nodes:
+        if depth >= max_depth:
             raise _error(
-                "json_too_large",
-                f"{what} may have at most {max_nodes} values (objects, arrays, strings, "
-                "numbers); simplify it",
+                "json_too_deep",
+                f"{what} may nest objects and arrays at most {max_depth} levels deep; flatten it",
                 entry,
             )
-        if isinstance(value, str):
-            _check_text(value, entry)
-        elif isinstance(value, dict | list):
-            if depth >= max_depth:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in items:
+            num_nodes += 1
+            if num_nodes > limit >= 0:
                 raise _error(
-                    "json_too_deep",
-                    f"{what} may nest objects and arrays at most {max_depth} levels deep; "
-                    "flatten it",
-                    entry,
+                    "json_too_large",
+                    f"{what} may have at most {max_nodes} values (objects, arrays, strings, "
+                    "numbers); simplify it",
+                    (child, depth + 1, entry, key),
                 )
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for key, child in items:
-                if isinstance(key, str):
-                    _check_text(key, (key, depth + 1, entry, key))
+            if type(key) is str and not key.isascii():
+                _check_text(key, (key, depth + 1, entry, key))
+            if type(child) is str:
+                if not child.isascii():
+                    _check_text(child, (child, depth + 1, entry, key))
+            elif isinstance(child, dict | list):
                 stack.append((child, depth + 1, entry, key))
 
 
