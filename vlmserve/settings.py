@@ -55,6 +55,8 @@ class MediaSettings(_Frozen):
     workers: int = Field(4, ge=1, le=64)  # bounded thread pool for decoding and resizing
     cache_bytes: int = Field(512 * 1024 * 1024, ge=0)  # decoded-image cache (content addressed)
     fetch_total_timeout_s: float = Field(30.0, gt=0)  # whole fetch, redirects included
+    # Remote fetches in flight at once, server-wide; more wait (up to fetch_total_timeout_s).
+    max_concurrent_fetches: int = Field(64, ge=1, le=4096)
     # Decompression-bomb guard, checked from the header before decoding (any image, any setting).
     max_pixels: int = Field(64_000_000, gt=0)
     # A JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT domain) when that scale is at most this

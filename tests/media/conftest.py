@@ -27,6 +27,9 @@ class ImageServer:
     base: str  # http://127.0.0.1:PORT
     port: int
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Host header)
+    num_active: int = 0  # "/slow-counted" requests being answered now
+    max_active: int = 0  # ... at most, since the server started
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -93,6 +96,17 @@ def _huge(h: BaseHTTPRequestHandler) -> None:
         h.wfile.write(PNG[:64])
 
 
+def _counted(h: BaseHTTPRequestHandler, state: ImageServer) -> None:
+    """Answers after 0.3 s, counting how many such requests overlap."""
+    with state.lock:
+        state.num_active += 1
+        state.max_active = max(state.max_active, state.num_active)
+    time.sleep(0.3)
+    with state.lock:
+        state.num_active -= 1
+    _send(h, 200, PNG)
+
+
 def _not_found(h: BaseHTTPRequestHandler) -> None:
     _send(h, 404, b"", "text/plain")
 
@@ -126,6 +140,8 @@ def image_server() -> Iterator[ImageServer]:
             state.requests.append((self.path, self.headers.get("Host", "")))
             if self.path.startswith("/chain/"):
                 return _chain(self)
+            if self.path == "/slow-counted":
+                return _counted(self, state)
             ROUTES.get(self.path, _not_found)(self)
             return None
 

@@ -159,3 +159,37 @@ def linear_rgb_icc() -> bytes:
     )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + bodies
+
+
+# --- JPEG byte surgery (what piexif and exiftool do): segments inserted after SOI ---------------
+
+XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
+XMP_PACKET = (
+    b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+    b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+    b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def jpeg_segment(marker: int, body: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def with_segments(jpeg: bytes, *segments: bytes) -> bytes:
+    """``jpeg`` with ``segments`` right after its SOI marker (before its own APP0/APP1)."""
+    assert jpeg[:2] == b"\xff\xd8"
+    return jpeg[:2] + b"".join(segments) + jpeg[2:]
+
+
+def exif_segment(exif: bytes) -> bytes:
+    return jpeg_segment(0xE1, b"Exif\x00\x00" + exif)
+
+
+def jfif_units(jpeg: bytes, units: int, density: tuple[int, int] = (28, 28)) -> bytes:
+    """``jpeg`` (with a JFIF APP0) with its density unit byte and density rewritten."""
+    at = jpeg.index(b"JFIF\x00") + 7
+    out = bytearray(jpeg)
+    out[at] = units
+    out[at + 1 : at + 5] = struct.pack(">HH", *density)
+    return bytes(out)

@@ -3,11 +3,18 @@ before any connection), and a loopback server for everything that needs real HTT
 
 from __future__ import annotations
 
+import asyncio
+
 import httpcore
 import pytest
 
 from tests.media.conftest import PNG, ImageServer
-from vlmserve.errors import MediaFetchError, PayloadTooLargeError, UnsupportedContentError
+from vlmserve.errors import (
+    MediaFetchError,
+    OverloadedError,
+    PayloadTooLargeError,
+    UnsupportedContentError,
+)
 from vlmserve.media import fetch
 from vlmserve.media.fetch import SafeFetcher
 from vlmserve.settings import MediaSettings
@@ -269,3 +276,36 @@ async def test_fetch_tries_the_next_checked_address_when_one_refuses(
     fetcher = SafeFetcher(loopback(), resolver=resolver_to("127.0.0.2", "127.0.0.1"))
     url = f"http://pictures.example:{image_server.port}/img.png"
     assert await fetcher.fetch(url, WHERE, Unlimited()) == PNG
+
+
+async def test_concurrent_fetches_never_exceed_the_server_wide_cap(
+    image_server: ImageServer,
+) -> None:
+    fetcher = SafeFetcher(loopback(max_concurrent_fetches=2))
+    url = image_server.url("/slow-counted")
+    image_server.max_active = 0
+    bodies = await asyncio.gather(*(fetcher.fetch(url, WHERE, Unlimited()) for _ in range(6)))
+    assert bodies == [PNG] * 6  # all served, queued behind the cap
+    assert image_server.max_active == 2
+    assert fetcher.num_fetching == 0
+
+
+async def test_a_fetch_that_waits_for_a_slot_past_the_timeout_is_503(
+    image_server: ImageServer,
+) -> None:
+    fetcher = SafeFetcher(
+        loopback(max_concurrent_fetches=1, fetch_total_timeout_s=1.0, fetch_read_timeout_s=5.0)
+    )
+    url = image_server.url("/slow-headers")  # 1.5 s: the first fetch holds the slot past 1 s
+    results = await asyncio.gather(
+        *(fetcher.fetch(url, WHERE, Unlimited()) for _ in range(2)), return_exceptions=True
+    )
+    kinds = sorted(type(r).__name__ for r in results)
+    assert kinds == ["MediaFetchError", "OverloadedError"]
+    overloaded = next(r for r in results if isinstance(r, OverloadedError))
+    assert overloaded.status == 503 and overloaded.retryable
+
+
+def test_the_fetch_cap_is_a_setting() -> None:
+    assert MediaSettings().max_concurrent_fetches >= 1
+    assert MediaSettings(max_concurrent_fetches=3).max_concurrent_fetches == 3

@@ -71,12 +71,24 @@ def validation_error(errors: Sequence[Any]) -> InvalidRequestError:
         return InvalidRequestError(f"The request body is not valid JSON: {reason}.")
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") == "missing":
         return InvalidRequestError("The request body is missing: send a JSON object.")
-    specific = _most_specific([(param_of(e.get("loc", ())), e["msg"]) for e in errors])
+    specific = _most_specific([(_param(e), e["msg"]) for e in errors])
     messages = [f"{param or 'body'}: {msg}" for param, msg in specific[:3]]
     more = f" (and {len(specific) - 3} more problems)" if len(specific) > 3 else ""
     return InvalidRequestError(
         "Invalid request: " + "; ".join(messages) + more + ".", param=specific[0][0]
     )
+
+
+def _param(error: Any) -> str | None:
+    """The field's path; a check that walks a value (``protocol/limits.py``) adds the path
+    inside it as ``ctx.param``."""
+    param = param_of(error.get("loc", ()))
+    inner = (error.get("ctx") or {}).get("param")
+    if not inner:
+        return param
+    if not param:
+        return str(inner)
+    return f"{param}{inner}" if str(inner).startswith("[") else f"{param}.{inner}"
 
 
 def _most_specific(found: list[tuple[str | None, str]]) -> list[tuple[str | None, str]]:

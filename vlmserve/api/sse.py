@@ -1,11 +1,22 @@
-"""Server-sent events: ``data: {json}`` frames, keep-alive comments, ``data: [DONE]``."""
+"""Server-sent events: ``data: {json}`` frames, keep-alive comments, ``data: [DONE]``.
+
+A failure after the first frame (the engine fails one request mid-answer) cannot change the
+status any more: it becomes an ``data: {"error": {...}}`` frame followed by ``[DONE]`` (vLLM's
+framing), so every stream a client reads ends with ``[DONE]`` and says why it stopped early.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from pydantic import BaseModel
+
+from vlmserve.api.errors import error_body
+from vlmserve.errors import InternalError, VlmserveError
+
+log = logging.getLogger("vlmserve.errors")
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
@@ -31,6 +42,9 @@ async def sse_frames(
                 item = pending.result()
             except StopAsyncIteration:
                 break
+            except Exception as exc:
+                yield b"data: " + error_body(_as_error(exc)) + b"\n\n"
+                break
             finally:
                 pending = None
             yield b"data: " + item.model_dump_json().encode() + b"\n\n"
@@ -46,3 +60,10 @@ async def sse_frames(
         aclose = getattr(items, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _as_error(exc: Exception) -> VlmserveError:
+    if isinstance(exc, VlmserveError):
+        return exc
+    log.error("stream failed", exc_info=exc)
+    return InternalError(f"The server failed while streaming this answer ({type(exc).__name__}).")

@@ -5,6 +5,9 @@ then dials the address it checked (a pinned network backend under httpcore, so D
 between check and connect) while the request keeps its Host header and TLS keeps SNI and certificate
 checks on the host name. Redirects are followed by hand, at most ``max_redirects``, each hop checked
 the same way. Connect, read and total timeouts; the body is streamed and cut at a byte cap.
+At most ``max_concurrent_fetches`` fetches run at once per fetcher (the server shares one between
+chat and file uploads), so a flood of URL images queues instead of exhausting sockets; a fetch that
+waits for a slot longer than the total timeout is a 503 (retryable).
 
 httpcore (httpx's transport) is used directly: httpx follows redirects and resolves names inside
 its transport, and both must happen here under our checks.
@@ -25,7 +28,7 @@ import httpcore
 import httpx
 from httpcore._backends.base import SOCKET_OPTION
 
-from vlmserve.errors import MediaFetchError
+from vlmserve.errors import MediaFetchError, OverloadedError
 from vlmserve.media.address import IPAddress, is_loopback, is_public, parse_ip_host
 from vlmserve.settings import MediaSettings
 
@@ -71,6 +74,8 @@ class SafeFetcher:
         self._resolve = resolver or system_resolve
         self._ssl = ssl.create_default_context()
         self._allowed_hosts = tuple(h.lower().rstrip(".") for h in settings.allowed_hosts)
+        self._slots = asyncio.Semaphore(settings.max_concurrent_fetches)
+        self.num_fetching = 0  # fetches holding a slot now
 
     async def fetch(
         self,
@@ -87,10 +92,22 @@ class SafeFetcher:
         ``retryable`` for upstream timeouts and 5xx) or whatever the two callbacks raise.
         """
         total = self._settings.fetch_total_timeout_s
+        started = False
         try:
-            async with asyncio.timeout(total):
-                return await self._follow(url, where, budget, first_bytes)
+            async with asyncio.timeout(total), self._slots:
+                started = True
+                self.num_fetching += 1
+                try:
+                    return await self._follow(url, where, budget, first_bytes)
+                finally:
+                    self.num_fetching -= 1
         except TimeoutError:
+            if not started:
+                raise OverloadedError(
+                    f"{where}: this server is already fetching "
+                    f"{self._settings.max_concurrent_fetches} remote images and none finished "
+                    f"within {total:g} s; retry later, or send the image as a data URL"
+                ) from None
             raise MediaFetchError(
                 f"{where}: fetching {_shown(url)} took longer than {total:g} s in total; "
                 "the server is too slow (retryable), or send the image as a data URL",

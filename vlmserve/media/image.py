@@ -2,7 +2,10 @@
 header, and turn any mode into plain sRGB RGB pixels with no metadata.
 
 Pillow does the decoding; every error it can raise on hostile bytes is translated here
-(``open_image`` / ``load_image``), never let through as a 500.
+(``open_image`` / ``load_image``, and ``pillow_errors`` around the whole pipeline), never let
+through as a 500. Metadata is read only to apply the orientation and to report what was dropped:
+reading it never fails an image (unreadable metadata is metadata we drop anyway), whatever Pillow
+raises or warns about (a warning is an exception where warnings are errors).
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import functools
 import io
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-from vlmserve.errors import MediaError, UnsupportedContentError
+from vlmserve.errors import MediaError, UnsupportedContentError, VlmserveError
 
 SUPPORTED: Final = ("JPEG", "PNG", "GIF", "WEBP")
 _PIL_FORMATS: Final = {"JPEG": ["JPEG", "MPO"], "PNG": ["PNG"], "GIF": ["GIF"], "WEBP": ["WEBP"]}
@@ -150,6 +155,18 @@ def load_image(im: Image.Image, fmt: str, where: str) -> None:
         raise corrupt(where, fmt, exc) from None
 
 
+@contextmanager
+def pillow_errors(where: str, fmt: str) -> Iterator[None]:
+    """The one boundary around decoding: anything Pillow (or lcms, numpy) raises on hostile bytes
+    that the steps did not translate themselves is a 400 naming the image, never a 500."""
+    try:
+        yield
+    except VlmserveError:
+        raise
+    except Exception as exc:  # incl. struct.error, RecursionError, warnings raised as errors
+        raise corrupt(where, fmt, exc) from None
+
+
 def corrupt(where: str, fmt: str, exc: BaseException) -> MediaError:
     reason = str(exc) or type(exc).__name__
     return MediaError(
@@ -163,7 +180,7 @@ def orientation(im: Image.Image) -> int:
     """The EXIF orientation (1-8); 1 when absent or unreadable (the pixels are still valid)."""
     try:
         value = im.getexif().get(ORIENTATION_TAG, 1)
-    except _DECODE_ERRORS:
+    except Exception:  # unreadable EXIF/XMP: no orientation to apply (all of it is dropped)
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -177,6 +194,8 @@ def metadata_keys(im: Image.Image) -> tuple[str, ...]:
     """The metadata the file carries (all of it is dropped): exif, gps, xmp, icc_profile, ..."""
     found: set[str] = set()
     for key, value in im.info.items():
+        if not isinstance(key, str):
+            continue
         if key in _METADATA_KEYS:
             found.add(_METADATA_KEYS[key])
         elif im.format == "PNG" and isinstance(value, str) and key not in _PNG_TEXT_SKIP:
@@ -191,7 +210,7 @@ def _exif_keys(im: Image.Image) -> set[str]:
         keys = {"exif"} if len(exif) else set()
         if exif.get_ifd(GPS_IFD):
             keys.add("gps")
-    except _DECODE_ERRORS:
+    except Exception:  # unreadable EXIF is still EXIF, and dropped
         return {"exif"}
     return keys
 

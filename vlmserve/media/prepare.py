@@ -46,6 +46,11 @@ def sizing_for(policy: ImagePolicy, detail: Detail, settings: MediaSettings) -> 
 def prepare_image(data: bytes, sizing: Sizing, where: str) -> PreparedImage:
     """Validated, sanitized, sized pixels for ``data``; raises errors from ``vlmserve.errors``."""
     fmt = img.check_supported(data[:64], where)
+    with img.pillow_errors(where, fmt):
+        return _prepare(data, fmt, sizing, where)
+
+
+def _prepare(data: bytes, fmt: str, sizing: Sizing, where: str) -> PreparedImage:
     im = img.open_image(data, fmt, where)
     original = im.size
     resize.check_pixels(im.size, sizing.max_pixels, where)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from vlmserve.protocol.common import WireModel
+from vlmserve.protocol.limits import check_body, check_json_text, check_schema
 from vlmserve.protocol.usage import Usage
+
+# A JSON schema, bounded in depth and size (protocol/limits.py).
+Schema = Annotated[dict[str, Any], AfterValidator(check_schema)]
+
+# Seeds: the signed 64-bit range, as OpenAI and vLLM take them.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 
 class TextContent(WireModel):
@@ -73,6 +80,14 @@ class AssistantMessage(WireModel):
     tool_calls: list[ToolCall] | None = None
     name: str | None = None
 
+    @field_validator("tool_calls")
+    @classmethod
+    def _bounded_arguments(cls, calls: list[ToolCall] | None) -> list[ToolCall] | None:
+        """The engine parses a replayed call's arguments: bounded once parsed, like a body."""
+        for j, call in enumerate(calls or ()):
+            check_json_text(call.function.arguments, f"[{j}].function.arguments")
+        return calls
+
 
 class ToolMessage(WireModel):
     role: Literal["tool"]
@@ -92,7 +107,7 @@ class StreamOptions(WireModel):
 
 class JsonSchemaFormat(WireModel):
     name: str = Field(min_length=1, max_length=64)
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: Schema | None = Field(default=None, alias="schema")
     strict: bool | None = False
     description: str | None = None
 
@@ -105,7 +120,7 @@ class ResponseFormat(WireModel):
 class FunctionDef(WireModel):
     name: str | None = None  # required for "function" tools (checked by serving/tools.py)
     description: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: Schema | None = None
     strict: bool | None = None
 
 
@@ -137,12 +152,17 @@ class ChatCompletionRequest(WireModel):
     stop: str | list[str] | None = None
     frequency_penalty: float | None = Field(default=None, ge=0.0, le=1.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     user: str | None = None
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        return check_body(data)
 
 
 class ChatMessageOut(WireModel):

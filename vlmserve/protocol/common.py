@@ -1,4 +1,5 @@
-"""Base model for every wire object: unknown request fields are ignored, as the hosted API does."""
+"""Base model for every wire object: unknown request fields are ignored, as the hosted API does;
+``NaN`` and ``Infinity`` (which Python's JSON parser accepts) are never a number."""
 
 from __future__ import annotations
 
@@ -6,4 +7,4 @@ from pydantic import BaseModel, ConfigDict
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)

@@ -6,12 +6,13 @@ reads them; sampling fields are ignored like any unknown field.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vlmserve.protocol.chat import ChatMessageIn, NamedToolChoice, ResponseFormat, Tool
 from vlmserve.protocol.common import WireModel
+from vlmserve.protocol.limits import check_body
 
 
 class TokenCountRequest(WireModel):
@@ -21,6 +22,11 @@ class TokenCountRequest(WireModel):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        return check_body(data)
 
 
 class TokenCountData(WireModel):

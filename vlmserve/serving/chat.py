@@ -23,6 +23,9 @@ from vlmserve.serving.tools import check_tool_history, output_constraints
 DEFAULT_TEMPERATURE = 0.5  # the hosted platform's defaults (reference/step-api.md 2.1)
 DEFAULT_TOP_P = 0.9
 MAX_STOP_SEQUENCES = 16
+# Below this a temperature is greedy decoding: dividing logits by it overflows float32 (1e-300
+# makes every probability inf/NaN), and no sampler can tell it from 0 anyway (vLLM's epsilon).
+GREEDY_TEMPERATURE = 1e-5
 
 
 @dataclass(slots=True)
@@ -61,6 +64,8 @@ class ChatService:
         sampling = sampling_params(req)
         constraints = output_constraints(req)
         check_tool_history(req.messages)
+        spec, engine = self._preparer.lookup(req.model)
+        check_max_tokens(req, await self._preparer.context_window(spec, engine))
         prepared = await self._preparer.prepare(req.model, req.messages, tenant)
         if reserve_tokens is not None:
             reserve_tokens(await self._most_tokens(prepared, sampling, constraints.tools or ()))
@@ -111,8 +116,9 @@ def sampling_params(req: ChatCompletionRequest) -> SamplingParams:
         )
     if any(not s for s in stop):
         raise InvalidRequestError("stop: stop sequences must not be empty strings.", param="stop")
+    temperature = DEFAULT_TEMPERATURE if req.temperature is None else req.temperature
     return SamplingParams(
-        temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
+        temperature=0.0 if temperature < GREEDY_TEMPERATURE else temperature,
         top_p=DEFAULT_TOP_P if req.top_p is None else req.top_p,
         max_tokens=req.max_tokens if req.max_tokens is not None else req.max_completion_tokens,
         n=req.n or 1,
@@ -121,6 +127,22 @@ def sampling_params(req: ChatCompletionRequest) -> SamplingParams:
         presence_penalty=req.presence_penalty or 0.0,
         seed=req.seed,
     )
+
+
+def check_max_tokens(req: ChatCompletionRequest, window: int) -> None:
+    """A limit above the whole context window can never be met: 400 naming the window (OpenAI,
+    vLLM). One that fits the window but not what the prompt leaves is capped to what it leaves."""
+    for param, value in (
+        ("max_tokens", req.max_tokens),
+        ("max_completion_tokens", req.max_completion_tokens),
+    ):
+        if value is not None and value > window:
+            raise InvalidRequestError(
+                f"{param}: {value} is more than {req.model}'s context window of {window} tokens "
+                f"(prompt and answer together); ask for at most {window}, or leave it out to "
+                "use whatever the prompt leaves.",
+                param=param,
+            )
 
 
 async def _aclose(events: AsyncIterator[Event]) -> None:

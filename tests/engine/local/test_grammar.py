@@ -22,6 +22,8 @@ from transformers import AutoTokenizer
 from tests.engine.local.helpers import Result, generate, image_prompt, request, text_prompt
 from vlmserve.engine.local import LocalEngine
 from vlmserve.engine.local.grammar import (
+    MAX_SCHEMA_DEPTH,
+    MAX_SCHEMA_NODES,
     GrammarProcessor,
     Grammars,
     GrammarSpec,
@@ -390,6 +392,36 @@ def test_auto_with_json_mode_answers_json_or_calls(grammars: Grammars) -> None:
             jsonschema.validate(json.loads(content), answer)
             kinds.add("json")
     assert kinds == {"calls", "json"}
+
+
+def _deep_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def test_deeply_nested_schema_is_a_400_saying_the_limit_not_a_recursion_error() -> None:
+    rf = {"type": "json_schema", "json_schema": {"name": "d", "schema": _deep_schema(450)}}
+    req = replace(request(), response_format=rf)
+    with pytest.raises(InvalidRequestError, match=f"at most {MAX_SCHEMA_DEPTH} levels"):
+        grammar_spec(req, HERMES_TOOLS)
+
+
+def test_deeply_nested_tool_parameters_are_a_400_naming_the_tool() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": _deep_schema(450)}}
+    req = replace(request(), tools=(tool,), tool_choice="auto")
+    with pytest.raises(InvalidRequestError) as info:
+        grammar_spec(req, HERMES_TOOLS)
+    assert info.value.param == "tools[f].function.parameters"
+
+
+def test_schema_with_too_many_values_is_a_400_saying_the_limit() -> None:
+    props = {f"p{i}": {"type": "string"} for i in range(MAX_SCHEMA_NODES)}
+    schema = {"type": "object", "properties": props}
+    rf = {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}}
+    with pytest.raises(InvalidRequestError, match=str(MAX_SCHEMA_NODES)):
+        grammar_spec(replace(request(), response_format=rf), HERMES_TOOLS)
 
 
 # --- closed schemas and compact JSON (issue 11) -----------------------------------------------

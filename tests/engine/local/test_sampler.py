@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vlmserve.engine.local.sampler import apply_penalties, make_generator, sample
 from vlmserve.engine.types import SamplingParams
+from vlmserve.errors import InternalError
 
 
 def test_penalties_subtract_count_times_frequency_plus_presence() -> None:
@@ -43,3 +45,35 @@ def test_same_seed_same_tokens() -> None:
         return sample(logits, params, make_generator(seed, torch.device("cpu"))).tolist()
 
     assert draw(5) == draw(5) != draw(6)
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 2.2e-309, 5e-324, 1e-9, float("nan")])
+def test_temperature_below_epsilon_is_greedy_not_nan(temperature: float) -> None:
+    logits = torch.tensor([[0.1, 3.0, 2.9], [5.0, 0.0, 0.0]])
+    params = SamplingParams(temperature=temperature, top_p=0.9)
+    tokens = sample(logits, params, make_generator(0, torch.device("cpu")))
+    assert tokens.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_logits_fail_the_request_with_a_message(bad: float) -> None:
+    logits = torch.tensor([[0.0, bad, 1.0]])
+    with pytest.raises(InternalError, match="invalid probabilities"):
+        sample(logits, SamplingParams(temperature=1.0), make_generator(0, torch.device("cpu")))
+
+
+def test_fully_masked_logits_fail_the_request_with_a_message() -> None:
+    logits = torch.full((1, 4), float("-inf"))
+    with pytest.raises(InternalError, match="invalid probabilities"):
+        sample(logits, SamplingParams(temperature=1.0), make_generator(0, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, 2**64, -1, -(2**63), 10**30, -(10**30)])
+def test_any_integer_seed_makes_a_generator(seed: int) -> None:
+    make_generator(seed, torch.device("cpu"))
+
+
+def test_negative_seed_differs_from_its_absolute_value() -> None:
+    a = make_generator(-5, torch.device("cpu")).initial_seed()
+    b = make_generator(5, torch.device("cpu")).initial_seed()
+    assert a != b

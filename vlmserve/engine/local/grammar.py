@@ -51,6 +51,10 @@ from vlmserve.errors import InternalError, InvalidRequestError
 
 MAX_CACHED_GRAMMARS = 256
 COMPILE_THREADS = 2
+# Schemas are walked recursively (``prepare_schema``, xgrammar): bounded here too, with the wire's
+# numbers (protocol/limits.py refuses first; callers that skip the wire meet them here).
+MAX_SCHEMA_DEPTH = 32
+MAX_SCHEMA_NODES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +88,9 @@ def _response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] |
         return None
     if response_format["type"] == "json_object":
         return {"type": "object"}
-    return prepare_schema(response_format["json_schema"]["schema"])
+    schema = response_format["json_schema"]["schema"]
+    check_schema_size(schema, "response_format.json_schema.schema")
+    return prepare_schema(schema)
 
 
 def _tools_format(request: GenerationRequest, fmt: ToolFormat, schema: Any) -> Any:
@@ -112,6 +118,7 @@ def _tools_format(request: GenerationRequest, fmt: ToolFormat, schema: Any) -> A
 
 def _call_tag(fmt: ToolFormat, function: dict[str, Any]) -> st.TagFormat:
     parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    check_schema_size(parameters, f"tools[{function['name']}].function.parameters")
     return st.TagFormat(
         begin=fmt.call_begin(function["name"]),
         content=_json_content(prepare_schema(parameters)),
@@ -139,6 +146,31 @@ _SCHEMA_VALUES = (
     "then",
     "else",
 )
+
+
+def check_schema_size(schema: Any, param: str) -> None:
+    """400 when ``schema`` nests deeper than ``MAX_SCHEMA_DEPTH`` or has more than
+    ``MAX_SCHEMA_NODES`` values; iterative, so the check itself cannot overflow the stack."""
+    stack: list[tuple[Any, int]] = [(schema, 0)]
+    num_nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        num_nodes += 1
+        if num_nodes > MAX_SCHEMA_NODES:
+            raise InvalidRequestError(
+                f"{param}: a JSON schema may have at most {MAX_SCHEMA_NODES} values; simplify it.",
+                param=param,
+            )
+        if not isinstance(value, dict | list):
+            continue
+        if depth >= MAX_SCHEMA_DEPTH:
+            raise InvalidRequestError(
+                f"{param}: a JSON schema may nest at most {MAX_SCHEMA_DEPTH} levels deep; "
+                "flatten it.",
+                param=param,
+            )
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children)
 
 
 # One unescaped JSON string character, as UTF-8 allows it: no control characters, quote or

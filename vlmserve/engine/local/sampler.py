@@ -3,6 +3,11 @@
 Order: per-sequence logits processors (grammar masks plug in here), OpenAI penalties on the counts
 of generated tokens, then greedy (temperature 0) or temperature + top-p sampling from the
 sequence's own seeded generator, so a seed reproduces its output.
+
+The wire bounds every parameter (``protocol/chat.py``); this module still cannot be made to fail a
+batch: a temperature below ``GREEDY_TEMPERATURE`` is greedy, any integer seed is folded into the
+generator's 64-bit range, and probabilities that are not finite (a model or logits processor
+producing NaN) fail that one sequence with a message, never ``torch.multinomial``'s crash.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from typing import Protocol
 import torch
 
 from vlmserve.engine.types import SamplingParams
+from vlmserve.errors import InternalError
+
+GREEDY_TEMPERATURE = 1e-5  # below it logits / temperature overflows float32
 
 
 class LogitsProcessor(Protocol):
@@ -35,12 +43,26 @@ def sample(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> torch.Tensor:
     """One token id per row of ``logits`` (float32)."""
-    if params.temperature <= 0:
+    if not params.temperature >= GREEDY_TEMPERATURE:  # NaN included
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / params.temperature, dim=-1)
     if params.top_p < 1.0:
         probs = _top_p(probs, params.top_p)
+    _check_probs(probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check_probs(probs: torch.Tensor) -> None:
+    """The last guard before ``multinomial``: every row finite and not all zero (one NaN or inf
+    makes its row's sum NaN or inf; softmax is never negative), with one device sync."""
+    totals = probs.sum(dim=-1)
+    if bool(((totals > 0) & torch.isfinite(totals)).all()):
+        return
+    raise InternalError(
+        "Sampling failed for this request: the model produced invalid probabilities (NaN, "
+        "infinite or all zero). Retry with a different temperature or top_p, or with "
+        "temperature 0; other requests are unaffected."
+    )
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -56,5 +78,5 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(seed % 2**64)  # any integer; negative seeds stay distinct
     return generator

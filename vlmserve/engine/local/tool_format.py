@@ -83,7 +83,7 @@ class ToolFormat:
     def render_call(self, call: ToolCall) -> str:
         try:
             arguments = _dumps(json.loads(call.arguments))
-        except ValueError:  # the client's history is replayed as sent
+        except (ValueError, RecursionError):  # the client's history is replayed as sent
             arguments = call.arguments or "{}"
         return self.call_begin(call.name) + arguments + self.call_end
 
