@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--save", type=Path, help="write the model-ready image here (PNG)")
     inspect.add_argument("--config", type=Path, help="a TOML settings file")
 
+    chat = sub.add_parser("chat", help="chat with a running server in the terminal")
+    _chat_arguments(chat)
+
     dummy = sub.add_parser("make-dummy-model", help="write a random-weight model directory offline")
     dummy.add_argument("path", type=Path)
     dummy.add_argument("--family", default="idefics3", help="transformers model_type")
@@ -64,6 +67,18 @@ def _upstream_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the model name the replicas serve (default: --model)",
     )
+
+
+def _chat_arguments(parser: argparse.ArgumentParser) -> None:
+    from vlmserve.cli_chat import add_arguments
+
+    add_arguments(parser)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from vlmserve.cli_chat import run
+
+    return run(args)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -229,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": _models,
         "make-dummy-model": _make_dummy_model,
         "inspect-image": _inspect_image,
+        "chat": _chat,
     }
     try:
         return commands[args.command](args)

@@ -19,6 +19,7 @@ from vlmserve.media.fetch import SafeFetcher
 from vlmserve.media.intake import MediaIntake
 from vlmserve.serving.chat import ChatService
 from vlmserve.serving.files import FileService
+from vlmserve.serving.inspect import ImageInspector
 from vlmserve.serving.prepare import PromptPreparer
 from vlmserve.serving.tokens import TokenService
 from vlmserve.settings import Settings
@@ -40,6 +41,7 @@ class Services:
     tokens: TokenService
     keys: KeyChecker
     files: FileService
+    inspector: ImageInspector
 
     async def start(self) -> None:
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
@@ -107,4 +109,5 @@ def build_services(
         tokens=TokenService(preparer),
         keys=KeyChecker(settings.server.api_keys),
         files=FileService(store, SafeFetcher(settings.media), settings.storage),
+        inspector=ImageInspector(preparer, intake),
     )
