@@ -44,10 +44,10 @@ def test_image_is_attached_to_the_next_message_only(
     session: tuple[ChatSession, io.StringIO], fake_server: LiveServer, tmp_path: Path
 ) -> None:
     chat, out = session
-    assert out.getvalue() == ""
     photo = tmp_path / "red.png"
     Image.new("RGB", (40, 30), (200, 0, 0)).save(photo)
     chat.handle(f"/image {photo} high")
+    assert "attached image" in out.getvalue()
     answer = chat.send("what is it")
     assert answer.usage is not None
     assert answer.usage["prompt_tokens_details"]["image_tokens"] == IMAGE_TOKENS
