@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import start_fake_server
 from tests.e2e.browser import browser, new_page, png, require_browser
 from tests.e2e.conftest import ServerProcess
+from tests.e2e.playground_screenshot import finished_conversation
 from tests.fakes import FakeEngine
 from vlmserve.settings import Settings
 
@@ -378,3 +379,11 @@ def test_api_key_field_appears_when_the_server_requires_keys(chromium: Any) -> N
         page.reload()
         page.wait_for_selector("#model option", state="attached")
         assert page.input_value("#api-key") == "sekret"
+
+
+def test_readme_screenshot_script_finishes_its_conversation(page: Any, tmp_path: Path) -> None:
+    shot = tmp_path / "playground.png"
+    finished_conversation(page, shot)
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    assert page.locator(".turn.assistant.done").count() == 2
+    assert page.locator(".turn-error:not(:empty)").count() == 0

@@ -3,7 +3,7 @@
 import { ApiError, apiKey, getJson, postJson, setApiKey, streamChat } from "./api.js";
 import { Attachments } from "./attachments.js";
 import { curlSnippet, pythonSnippet } from "./codegen.js";
-import { checkJson, renderAssistant, renderTool, renderUser, showError, showStats, toolResultForm, toWire, updateAssistant, userContent } from "./turns.js";
+import { checkJson, renderAssistant, settleToolCalls, renderTool, renderUser, showError, showStats, toolResultForm, toWire, updateAssistant, userContent } from "./turns.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -153,7 +153,9 @@ function toolSettings() {
   if (choice === "off") return {};
   const tools = parseJsonField("tools", "tools-status", (v) => (Array.isArray(v) ? "" : "tools are a JSON array"));
   if (!tools) throw new ApiError(0, { error: { message: "Fix the tool definitions first (Tools panel)." } });
-  return { tools, tool_choice: choice };
+  const settings = { tools, tool_choice: choice };
+  if (!$("parallel-calls").checked) settings.parallel_tool_calls = false;
+  return settings;
 }
 
 function buildRequest(messages) {
@@ -255,6 +257,7 @@ function finish(entry, started, firstAt) {
   updateAssistant(entry);
   if (firstAt) { entry.ttft_ms = firstAt - started; entry.decode_s = (performance.now() - firstAt) / 1000; }
   showStats(entry);
+  settleToolCalls(entry);
   if (entry.format && !entry.stopped) checkJson(entry, entry.format);
   const calls = entry.choices[0]?.tool_calls || [];
   if (calls.length && !entry.stopped) toolResultForm(entry, (results) => continueWithTools(entry, results));

@@ -151,6 +151,20 @@ function pretty(text) {
   try { return JSON.stringify(JSON.parse(text), null, 2); } catch { return null; }
 }
 
+// Finished tool calls: arguments pretty-printed, or flagged when they are not JSON.
+export function settleToolCalls(entry) {
+  entry.choices.forEach((choice, index) => {
+    const cards = choiceBox(entry, index).querySelector(".tool-cards").children;
+    choice.tool_calls.forEach((call, k) => {
+      const formatted = pretty(call.arguments);
+      const args = cards[k].querySelector(".tool-args");
+      if (formatted !== null) { args.textContent = formatted; return; }
+      const cut = choice.finish === "length" ? " (cut by max_tokens: raise it)" : "";
+      args.after(el("p", "bad", `✗ arguments are not valid JSON${cut}`));
+    });
+  });
+}
+
 // JSON mode: the answer pretty-printed, with the parse and schema verdicts.
 export function checkJson(entry, format) {
   entry.choices.forEach((choice, index) => {
