@@ -203,15 +203,18 @@ def test_json_mode_answer_is_pretty_printed_and_validates(page: Any) -> None:
     page.check("input[name=format][value=json_schema]")
     page.fill("#schema", json.dumps(WEATHER))
     assert "✓" in page.inner_text("#schema-status")
-    set_params(page, max_tokens=120, seed=3, temperature=1)
+    set_params(page, max_tokens=120, seed=3, temperature=1, n=2)
     body = send(page, "Weather as JSON")
-    assert body["response_format"]["json_schema"]["schema"] == WEATHER
+    assert body["response_format"]["json_schema"]["schema"] == WEATHER and body["n"] == 2
     answer = wait_answers(page, 1)
-    verdict = answer.locator(".json-check").inner_text()
-    assert "✓ valid JSON" in verdict and "✓ matches schema" in verdict
-    shown = answer.locator(".content pre").inner_text()
-    assert "\n" in shown  # pretty-printed
-    jsonschema.validate(json.loads(shown), WEATHER)
+    assert answer.locator(".choice").count() == 2
+    for k in range(2):
+        choice = answer.locator(".choice").nth(k)
+        verdict = choice.locator(".json-check").inner_text()
+        assert "✓ valid JSON" in verdict and "✓ matches schema" in verdict
+        shown = choice.locator(".content pre").inner_text()
+        assert "\n" in shown  # pretty-printed
+        jsonschema.validate(json.loads(shown), WEATHER)
 
 
 def test_tool_call_becomes_a_card_and_the_conversation_continues(page: Any) -> None:
@@ -252,6 +255,47 @@ def test_oversized_image_error_is_shown_next_to_its_turn(page: Any) -> None:
     assert error.startswith("400 image_too_large") and "4096" in error
     assert page.locator(".turn.assistant").count() == 0
     assert page.is_visible(".turn.user .edit")  # the way to fix it: edit and resend
+
+
+def test_dropped_and_pasted_images_are_attached(page: Any) -> None:
+    picture = list(png())
+    for event in ("drop", "paste"):
+        page.evaluate(
+            """([kind, bytes]) => {
+            const file = new File([new Uint8Array(bytes)], kind + '.png', {type: 'image/png'});
+            const data = new DataTransfer();
+            data.items.add(file);
+            const init = {bubbles: true, cancelable: true};
+            if (kind === 'drop') {
+                window.dispatchEvent(new DragEvent('dragenter', {...init, dataTransfer: data}));
+                window.dispatchEvent(new DragEvent('drop', {...init, dataTransfer: data}));
+            } else {
+                document.getElementById('prompt').dispatchEvent(
+                    new ClipboardEvent('paste', {...init, clipboardData: data}));
+            }
+        }""",
+            [event, picture],
+        )
+    settle_attachments(page)
+    names = page.locator(".att-name").all_inner_texts()
+    assert names == ["drop.png", "paste.png"]
+    assert page.locator(".att-cost").all_inner_texts()[0].endswith(" tokens")
+    assert page.is_hidden("#drop-overlay")
+
+
+def test_video_is_counted_for_video_models_and_refused_for_others(page: Any) -> None:
+    from tests.media.videos import encode
+
+    clip = {"name": "clip.mp4", "mimeType": "video/mp4", "buffer": encode("MP4", size=(96, 64))}
+    page.select_option("#model", "step-1o-turbo-vision")
+    page.set_input_files("#file-input", files=[clip])
+    settle_attachments(page)
+    assert re.fullmatch(r"\d+ tokens", page.inner_text(".att-cost"))
+    assert page.locator(".attachment .thumb video").count() == 1
+    assert page.is_hidden(".attachment .detail-label")  # detail is for images
+    page.select_option("#model", "step-1v-8k")
+    page.wait_for_selector(".attachment.is-error")
+    assert "does not accept video" in page.inner_text(".att-error")
 
 
 def test_edit_and_resend_replaces_the_last_user_turn(page: Any) -> None:
