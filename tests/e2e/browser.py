@@ -18,8 +18,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 INSTALL = (
-    "browser tests need Chromium and Playwright: `apt-get install -y chromium` and "
-    "`.venv/bin/pip install -e '.[test]'` (set VLMSERVE_REQUIRE_BROWSER=1 to make this an error)"
+    "browser tests need Chromium and Playwright: `sudo apt-get install -y chromium`, and "
+    "Playwright from the test extra (`make install`); VLMSERVE_REQUIRE_BROWSER=1 makes this an "
+    "error instead of a skip"
 )
 ARGS = [
     "--headless",

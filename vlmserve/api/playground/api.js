@@ -30,6 +30,16 @@ function headers() {
   return h;
 }
 
+// fetch() itself fails (TypeError) only when no HTTP answer came at all.
+async function request(path, init) {
+  try {
+    return await fetch(path, init);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError(0, { error: { message: "The server did not answer: is vlmserve still running?" } });
+  }
+}
+
 async function failure(resp) {
   let body = null;
   try { body = await resp.json(); } catch { /* not JSON: the status says it */ }
@@ -37,13 +47,13 @@ async function failure(resp) {
 }
 
 export async function getJson(path) {
-  const resp = await fetch(path, { headers: headers() });
+  const resp = await request(path, { headers: headers() });
   if (!resp.ok) throw await failure(resp);
   return resp.json();
 }
 
 export async function postJson(path, body, signal) {
-  const resp = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
+  const resp = await request(path, { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
   if (!resp.ok) throw await failure(resp);
   return resp.json();
 }
@@ -51,7 +61,7 @@ export async function postJson(path, body, signal) {
 // POST a streaming chat request; calls onChunk(obj) for each SSE data object until [DONE].
 // Aborting `signal` closes the connection, which makes the server abort the generation.
 export async function streamChat(body, signal, onChunk) {
-  const resp = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
+  const resp = await request("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
   if (!resp.ok) throw await failure(resp);
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";

@@ -265,6 +265,7 @@ function finish(entry, started, firstAt) {
 }
 
 function failTurn(trigger, entry, err) {
+  if (err.status === 401) showKeyBar(err.message);
   if (entry) {
     entry.error = true;
     state.entries = state.entries.filter((e) => e !== entry);
