@@ -103,7 +103,9 @@ async function draftCost() {
   if (!model || !messages.length || attachments.pending) { out.textContent = attachments.pending ? "measuring attachments…" : ""; return; }
   const images = messages.flatMap((m) => (Array.isArray(m.content) ? m.content : [])).filter((p) => p.type === "image_url").length;
   try {
-    const counted = await postJson("/v1/token/count", { model: model.id, messages });
+    let body;
+    try { body = buildRequest(messages); } catch { body = { model: model.id, messages }; } // tools count too
+    const counted = await postJson("/v1/token/count", body);
     if (seq !== costSeq) return;
     const d = counted.data;
     const media = [d.image_tokens ? `${d.image_tokens.toLocaleString()} for images` : "", d.video_tokens ? `${d.video_tokens.toLocaleString()} for video` : ""].filter(Boolean).join(", ");
