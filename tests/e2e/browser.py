@@ -75,7 +75,7 @@ def browser(user_data_dir: Path) -> Iterator[Any]:
             viewport={"width": 1280, "height": 860},
         )
         try:
-            context.set_default_timeout(60_000)
+            context.set_default_timeout(120_000)  # a shared, loaded CI machine
             yield context
         finally:
             context.close()
