@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--save", type=Path, help="write the model-ready image here (PNG)")
     inspect.add_argument("--config", type=Path, help="a TOML settings file")
 
+    chat = sub.add_parser("chat", help="chat with a running server in the terminal")
+    _chat_arguments(chat)
+
     dummy = sub.add_parser("make-dummy-model", help="write a random-weight model directory offline")
     dummy.add_argument("path", type=Path)
     dummy.add_argument("--family", default="idefics3", help="transformers model_type")
@@ -90,6 +93,18 @@ def _upstream_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the model name the replicas serve (default: --model)",
     )
+
+
+def _chat_arguments(parser: argparse.ArgumentParser) -> None:
+    from vlmserve.cli_chat import add_arguments
+
+    add_arguments(parser)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from vlmserve.cli_chat import run
+
+    return run(args)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -289,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inspect-image": _inspect_image,
         "keys": _keys,
         "usage": _usage,
+        "chat": _chat,
     }
     from vlmserve.errors import VlmserveError
 

@@ -9,7 +9,17 @@ from fastapi import FastAPI
 
 from vlmserve.api.errors import install_error_handlers
 from vlmserve.api.middleware import TraceMiddleware
-from vlmserve.api.routes import chat, files, health, metrics, models, tokens, usage
+from vlmserve.api.routes import (
+    chat,
+    files,
+    health,
+    images,
+    metrics,
+    models,
+    playground,
+    tokens,
+    usage,
+)
 from vlmserve.api.services import Services, build_services
 from vlmserve.settings import Settings
 
@@ -40,7 +50,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         max_body_bytes=settings.server.max_body_bytes,
         path_limits={"/v1/files": upload_cap},  # the upload's own 413 names the exact limit
     )
-    routers = (chat.router, files.router, models.router, tokens.router, health.router)
-    for router in (*routers, usage.router, metrics.router):
-        app.include_router(router)
+    routers = (chat, files, models, tokens, images, health, usage, metrics, playground)
+    for module in routers:
+        app.include_router(module.router)
     return app

@@ -20,6 +20,7 @@ from vlmserve.engine.client import EngineClient
 from vlmserve.media.intake import MediaIntake
 from vlmserve.serving.chat import ChatService
 from vlmserve.serving.files import FileService
+from vlmserve.serving.inspect import ImageInspector
 from vlmserve.serving.prepare import PromptPreparer
 from vlmserve.serving.tokens import TokenService
 from vlmserve.settings import Settings
@@ -43,6 +44,7 @@ class Services:
     tokens: TokenService
     keys: KeyChecker
     files: FileService
+    inspector: ImageInspector
     limiter: RateLimiter
     ledger: UsageLedger
     metrics: Metrics
@@ -137,6 +139,7 @@ def build_services(
         tokens=TokenService(preparer),
         keys=KeyChecker(settings.server, key_store, limits.key_refresh_s),
         files=FileService(store, fetcher, settings.storage),
+        inspector=ImageInspector(preparer, intake),
         limiter=RateLimiter(limits),
         ledger=UsageLedger(key_store.db, limits.ledger_flush_s),
         metrics=metrics,

@@ -74,6 +74,10 @@ class PromptPreparer:
             media = tuple(MediaInput("image", (img.image,), img.identity) for img in images)
         return PreparedPrompt(spec, engine, Prompt(rendered.messages, media))
 
+    async def image_policy(self, spec: ModelSpec, engine: EngineClient) -> ImagePolicy:
+        """The sizing and limits a chat request's images get from ``spec`` on ``engine``."""
+        return self._image_policy(spec, await engine.health())
+
     def _image_policy(self, spec: ModelSpec, health: EngineHealth) -> ImagePolicy:
         edges = health.image_edges
         return ImagePolicy(
