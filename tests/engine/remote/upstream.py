@@ -51,6 +51,9 @@ class Behaviour:
     refuse_mm_kwargs: bool = False
     # per-modality prompt tokens in usage: vLLM's multimodal_tokens, SGLang's image_tokens, none
     modality_usage: Literal["vllm", "sglang", "none"] = "none"
+    # usage in non-streamed answers (what vlmserve's count check compares with its own count;
+    # off: the fake's counts are not a real processor's, and a check without usage passes)
+    completion_usage: bool = False
 
 
 @dataclass
@@ -98,7 +101,7 @@ class FakeUpstream:
 
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         """A non-streamed one-word answer (what vlmserve's count check asks for)."""
-        usage = self.usage(body["messages"], 1, None)
+        usage = self.usage(body["messages"], 1, None) if self.behaviour.completion_usage else {}
         message = {"role": "assistant", "content": self.behaviour.reply.split(" ")[0]}
         choice = {"index": 0, "message": message, "finish_reason": "length"}
         return {"id": "chatcmpl-fake", "object": "chat.completion", "choices": [choice], **usage}
