@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from tests.e2e.conftest import ServeProcess
 
 FAMILIES = ("idefics3", "qwen2_vl")
 VLLM_START_TIMEOUT_S = 420.0
+PR_SET_PDEATHSIG = 1
 FAST_HEALTH = {
     "VLMSERVE_REMOTE__HEALTH_INTERVAL_S": "0.5",
     "VLMSERVE_REMOTE__HEALTH_TIMEOUT_S": "2",
@@ -69,7 +71,7 @@ class VllmServer:
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its engine and worker processes die with the group
+            preexec_fn=_die_with_parent,
         )
 
     def wait_ready(self, timeout_s: float = VLLM_START_TIMEOUT_S) -> None:
@@ -100,6 +102,14 @@ class VllmServer:
         os.unlink(self.log.name)
 
 
+def _die_with_parent() -> None:
+    """In the child: its own process group (``stop`` signals the engine and workers too), and
+    SIGTERM when the test process dies (a CI timeout kills pytest before any ``finally``)."""
+    os.setsid()
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Relay:
     """A TCP relay on loopback: ``down()`` refuses new connections and cuts open ones (the
     replica is gone), ``up()`` listens again on the same port."""
@@ -128,6 +138,7 @@ class Relay:
         self.down()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        self.loop.close()
 
     def _call(self, coro):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)

@@ -132,7 +132,7 @@ def test_token_count_equals_what_the_replica_bills(
     )
     assert reply.usage is not None
     assert reply.usage.prompt_tokens == counted["total_tokens"]
-    billed_images = reply.model_dump()["usage"]["image_tokens"]
+    billed_images = reply.model_dump()["usage"]["prompt_tokens_details"]["image_tokens"]
     assert billed_images == counted["image_tokens"] > 0
 
 
@@ -142,7 +142,7 @@ def test_image_tokens_come_from_the_replicas_multimodal_tokens(replica: Replica)
     direct = httpx.post(replica.vllm.api + "/chat/completions", json=body, timeout=120).json()
     vllm_images = direct["usage"]["prompt_tokens_details"]["multimodal_tokens"]["image"]
     reply = client(replica).chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
-    assert reply.model_dump()["usage"]["image_tokens"] == vllm_images > 0
+    assert reply.model_dump()["usage"]["prompt_tokens_details"]["image_tokens"] == vllm_images > 0
 
 
 def test_a_repeated_turn_is_served_from_the_replicas_prefix_cache(replica: Replica) -> None:

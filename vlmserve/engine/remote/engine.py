@@ -216,7 +216,12 @@ class RemoteEngine:
         if not counter.health().ready:
             return
         pending = [r for r in self.pool.replicas if r.is_up and not r.is_verified]
-        await asyncio.gather(*(self._verify(client, counter, r) for r in pending))
+        results = await asyncio.gather(
+            *(self._verify(client, counter, r) for r in pending), return_exceptions=True
+        )
+        for replica, result in zip(pending, results, strict=True):
+            if isinstance(result, Exception):  # never let one check end the health loop
+                log.warning("count check of %s failed: %r", replica.url, result)
 
     async def _verify(
         self, client: httpx.AsyncClient, counter: TokenCounter, replica: Replica

@@ -3,11 +3,12 @@
 vlmserve counts prompts with the model's own processor (``engine/local/counter.py``) and sizes
 pictures before sending them. A replica whose processor sizes or tiles them differently bills
 another number than ``/v1/token/count`` promised: SmolVLM (idefics3) on vLLM upscales every
-picture to the full tile grid unless it honours ``mm_processor_kwargs`` ``{"do_resize": false}``,
-which vLLM does only when started with ``--trust-request-mm-kwargs``. So before a replica takes
-requests, one small picture, smaller than the high-detail budget (where an upscaling processor
-would add tiles), is counted here and billed there (a one-token completion); a replica that
-disagrees stays out of rotation, with a message that names the flag to add.
+picture to the full tile grid unless told otherwise by ``mm_processor_kwargs`` (the family's
+``upstream_processor_kwargs``), which vLLM honours only when started with
+``--trust-request-mm-kwargs``. So before a replica takes requests, one small picture, smaller
+than the low-detail budget (where an upscaling processor would add tiles), is counted here and
+billed there (a one-token completion); a replica that disagrees stays out of rotation, with a
+message that names the flag to add.
 """
 
 from __future__ import annotations
