@@ -149,7 +149,8 @@ def test_tools_are_asked_as_an_envelope_the_replica_enforces_not_parses() -> Non
     payload = build_payload(request, "m", encoder(), True)
     assert payload["response_format"]["type"] == "json_schema"
     assert payload["response_format"]["json_schema"]["name"] == "vlmserve_output"
-    assert payload["structured_outputs"] == {"disable_any_whitespace": True}
+    envelope = payload["response_format"]["json_schema"]["schema"]
+    assert payload["structured_outputs"] == {"json": envelope, "disable_any_whitespace": True}
     # the template may describe the tools; the replica must not parse calls (no parser needed)
     assert payload["tools"] == [tool]
     assert payload["tool_choice"] == "none"
@@ -165,7 +166,7 @@ def test_json_mode_without_tools_is_sent_closed_and_compact() -> None:
     payload = build_payload(request, "m", encoder(), True)
     sent = payload["response_format"]["json_schema"]["schema"]
     assert sent == {**schema, "additionalProperties": False}
-    assert payload["structured_outputs"] == {"disable_any_whitespace": True}
+    assert payload["structured_outputs"] == {"json": sent, "disable_any_whitespace": True}
     assert "tools" not in payload
 
 

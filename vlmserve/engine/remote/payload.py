@@ -196,11 +196,21 @@ def output_fields(request: GenerationRequest) -> Json:
     response_format = response_format_for(request)
     if response_format is not None:
         fields["response_format"] = response_format
-        fields["structured_outputs"] = {"disable_any_whitespace": True}  # vLLM: compact JSON
+        fields["structured_outputs"] = vllm_structured_outputs(response_format)
     if request.tools is not None:
         fields["tools"] = list(request.tools)
         fields["tool_choice"] = "none"
     return fields
+
+
+def vllm_structured_outputs(response_format: Json) -> Json:
+    """vLLM's own field, which also asks for compact JSON (others ignore it). It must name the
+    constraint itself: vLLM refuses one that carries only options."""
+    if response_format["type"] == "json_schema":
+        constraint: Json = {"json": response_format["json_schema"]["schema"]}
+    else:
+        constraint = {"json_object": True}
+    return {**constraint, "disable_any_whitespace": True}
 
 
 def processor_fields(prompt: Prompt, mm_processor_kwargs: Json | None) -> Json:
