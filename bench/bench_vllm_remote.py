@@ -197,6 +197,8 @@ def main() -> None:
             "--trust-request-mm-kwargs",
             "--enable-prompt-tokens-details",
             "--enable-prefix-caching",
+            "--structured-outputs-config",
+            '{"disable_any_whitespace": true}',
         )
         stack.enter_context(process(vllm_cmd, f"http://127.0.0.1:{vllm_port}/health", 600, env))
         vllm_api = f"http://127.0.0.1:{vllm_port}/v1"

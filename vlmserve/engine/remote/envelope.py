@@ -98,16 +98,32 @@ def _object(properties: Json) -> Json:
     }
 
 
+# One unescaped JSON string character (no control characters, quote or backslash, no
+# surrogates), as the local grammar writes it (engine/local/grammar.py).
+_JSON_CHAR = "[ !#-\\[\\]-\x7f\x80-\ud7ff\ue000-\U0010ffff]"
+
+
 def closed_schema(schema: Any) -> Any:
     """``schema`` with ``additionalProperties: false`` on every object that does not say
-    otherwise (an open schema lets a grammar invent keys until ``max_tokens``)."""
+    otherwise (an open schema lets a grammar invent keys until ``max_tokens``), and a string's
+    ``minLength``/``maxLength`` as an equivalent ``pattern``: xgrammar's own length rule lets raw
+    control characters into strings, which is not JSON (vLLM uses xgrammar too)."""
     if not isinstance(schema, dict):
         return schema
     out = {key: _close_child(key, value) for key, value in schema.items()}
+    if _is_string_with_length(out):
+        low, high = out.pop("minLength", 0), out.pop("maxLength", "")
+        out["pattern"] = f"^{_JSON_CHAR}{{{low},{high}}}$"
     # A bare {"type": "object"} means any object; one that lists its properties means those.
     if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
         out["additionalProperties"] = False
     return out
+
+
+def _is_string_with_length(schema: Json) -> bool:
+    has_length = "minLength" in schema or "maxLength" in schema
+    plain = "pattern" not in schema and "format" not in schema
+    return has_length and plain and schema.get("type", "string") in ("string", ["string"])
 
 
 def _close_child(key: str, value: Any) -> Any:
@@ -124,7 +140,7 @@ def read_envelope(text: str) -> tuple[str, list[ToolCall]]:
     """The content and calls in a replica's envelope. Text that is not a complete envelope (the
     answer was cut by ``max_tokens``) is returned as content, as it was generated."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, strict=False)  # raw control characters in strings: escaped below
     except ValueError:
         return text, []
     if not isinstance(value, dict):
