@@ -46,7 +46,7 @@ class FakeCounter:
     async def close(self) -> None:
         self.closed += 1
 
-    async def count(self, prompt: Prompt) -> PromptUsage:
+    async def count(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> PromptUsage:
         if not self.ready:
             raise OverloadedError("still loading", code="model_loading")
         if is_probe(prompt):

@@ -53,7 +53,7 @@ class ProcessorCounter:
             self._preparer = None
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def count(self, prompt: Prompt) -> PromptUsage:
+    async def count(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> PromptUsage:
         preparer = self._preparer
         if preparer is None:
             raise OverloadedError(
@@ -61,7 +61,7 @@ class ProcessorCounter:
                 code="model_loading",
             )
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._pool, preparer.prepare, prompt)
+        prepared = await loop.run_in_executor(self._pool, preparer.prepare, prompt, tools)
         return prepared.usage
 
     def processor_kwargs(self, prompt: Prompt) -> dict[str, Any]:

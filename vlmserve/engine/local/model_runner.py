@@ -84,9 +84,10 @@ class ModelRunner:
         state = self._states[seq.seq_id]
         assert state.last_tokens is not None
         num_rows = len(state.rows)
-        positions = self.family.decode_positions(
-            state.position + state.rope_delta, num_rows, self.device
+        text_positions = torch.full(
+            (num_rows,), state.position + state.rope_delta, dtype=torch.long, device=self.device
         )
+        positions = self.family.decode_positions(text_positions)
         inputs = {"input_ids": state.last_tokens.view(num_rows, 1)}
         logits = self._forward(inputs, positions, state.cache)
         state.position += 1

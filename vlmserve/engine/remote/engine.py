@@ -102,8 +102,9 @@ class TokenCounter(Protocol):
     async def close(self) -> None:
         """Free the processor. Idempotent."""
 
-    async def count(self, prompt: Prompt) -> PromptUsage:
-        """What the local engine would report for ``prompt``; ``OverloadedError`` until loaded."""
+    async def count(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> PromptUsage:
+        """What the local engine would report for ``prompt`` with ``tools`` in it;
+        ``OverloadedError`` until loaded."""
         ...
 
     def health(self) -> EngineHealth:
@@ -442,11 +443,11 @@ class RemoteEngine:
         count when the replica reported no per-modality breakdown."""
         usage = state.prompt_usage
         if usage is None:
-            return await self._count_locally(request.prompt)
+            return await self._count_locally(request)
         if state.has_modalities or not request.prompt.media or self._token_counter is None:
             return usage
         if state.own_modalities is None:  # counted once per request
-            local = await self._token_counter.count(request.prompt)
+            local = await self._token_counter.count(request.prompt, request.tools or ())
             state.own_modalities = (local.image_tokens, local.video_tokens)
         image_tokens, video_tokens = state.own_modalities
         usage = replace(usage, image_tokens=image_tokens, video_tokens=video_tokens)
@@ -457,8 +458,10 @@ class RemoteEngine:
         counter = self._token_counter
         return {} if counter is None or not prompt.media else counter.processor_kwargs(prompt)
 
-    async def _count_locally(self, prompt: Prompt) -> PromptUsage | None:
-        return None if self._token_counter is None else await self._token_counter.count(prompt)
+    async def _count_locally(self, request: GenerationRequest) -> PromptUsage | None:
+        if self._token_counter is None:
+            return None
+        return await self._token_counter.count(request.prompt, request.tools or ())
 
     async def _encode(self, request: GenerationRequest) -> bytes:
         def encode() -> bytes:
@@ -512,13 +515,15 @@ class RemoteEngine:
         self._aborted.add(request_id)
         await attempt.response.aclose()
 
-    async def count_tokens(self, prompt: Prompt) -> PromptUsage:
+    async def count_tokens(
+        self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()
+    ) -> PromptUsage:
         if self._token_counter is not None:
             self._require_client()
-            return await self._token_counter.count(prompt)
+            return await self._token_counter.count(prompt, tools)
         client = self._require_client()
         body = await asyncio.to_thread(
-            lambda: to_json_bytes(tokenize_payload(prompt, self.model, self._encoder))
+            lambda: to_json_bytes(tokenize_payload(prompt, self.model, self._encoder, tools))
         )
         key = router.conversation_key(
             GenerationRequest("count", prompt), self.model, self.settings.routing_images

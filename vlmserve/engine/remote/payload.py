@@ -260,15 +260,23 @@ def probe_payload(
 
 
 def tokenize_payload(
-    prompt: Prompt, model: str, encoder: ImageEncoder, mm_processor_kwargs: Json | None = None
+    prompt: Prompt,
+    model: str,
+    encoder: ImageEncoder,
+    tools: tuple[Json, ...] = (),
+    mm_processor_kwargs: Json | None = None,
 ) -> Json:
-    """vLLM's ``POST /tokenize`` body: counts the prompt exactly as the chat endpoint would."""
-    return {
+    """vLLM's ``POST /tokenize`` body (also read by vlmserve's ``/v1/token/count``): counts the
+    prompt exactly as the chat endpoint would, with the tools the chat template renders."""
+    payload: Json = {
         "model": model,
         "messages": render_messages(prompt, encoder),
         "add_generation_prompt": True,
         **processor_fields(prompt, mm_processor_kwargs),
     }
+    if tools:
+        payload["tools"] = list(tools)
+    return payload
 
 
 def to_json_bytes(payload: Json) -> bytes:

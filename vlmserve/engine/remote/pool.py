@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class Replica:
     # Passed the count check (``probe.py``) since it last came up; until then it takes requests
     # only when no verified replica is up, and does not make the engine ready.
     is_verified: bool = False
+    health_latency_s: float | None = None  # the last health check that was answered
 
 
 class ReplicaPool:
@@ -64,11 +66,13 @@ class ReplicaPool:
 
     async def check(self, client: httpx.AsyncClient, replica: Replica) -> None:
         """One health check; marks the replica up or down, never raises."""
+        started = time.perf_counter()
         try:
             response = await client.get(f"{replica.url}/models", timeout=self.health_timeout_s)
         except httpx.HTTPError as exc:
             self.mark_down(replica, f"health check failed: {type(exc).__name__} {exc}".strip())
             return
+        replica.health_latency_s = time.perf_counter() - started
         if response.status_code != 200:
             self.mark_down(replica, f"health check answered {response.status_code}")
             return

@@ -69,9 +69,10 @@ class Family:
         positions = torch.arange(length, device=inputs["input_ids"].device).unsqueeze(0)
         return positions, 0
 
-    def decode_positions(self, position: int, num_rows: int, device: torch.device) -> torch.Tensor:
-        """Position ids of one new token per row, at text position ``position``."""
-        return torch.full((num_rows, 1), position, dtype=torch.long, device=device)
+    def decode_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """Position ids of one new token per row; ``positions`` (1-D, long) holds each row's text
+        position, its rope delta already added, so rows of different sequences batch together."""
+        return positions.view(-1, 1)
 
 
 def get_size(size: Any, key: str) -> Any:

@@ -70,5 +70,6 @@ class Qwen2VL(Family):
         )
         return positions, int(deltas.view(-1)[0].item())
 
-    def decode_positions(self, position: int, num_rows: int, device: torch.device) -> torch.Tensor:
-        return torch.full((3, num_rows, 1), position, dtype=torch.long, device=device)
+    def decode_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        # a text token after the prompt: the three M-RoPE axes share its position
+        return positions.view(1, -1, 1).expand(3, -1, 1)
