@@ -100,7 +100,12 @@ def test_image_chat_answers_whole_and_streamed(replica: Replica) -> None:
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 8
     stream = client(replica).chat.completions.create(
-        model=MODEL, messages=messages, max_tokens=8, temperature=0, stream=True
+        model=MODEL,
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     text, reasons, usage = "", [], None
     for chunk in stream:
