@@ -198,7 +198,7 @@ def main() -> None:
             "--enable-prompt-tokens-details",
             "--enable-prefix-caching",
             "--structured-outputs-config",
-            '{"disable_any_whitespace": true}',
+            '{"backend": "xgrammar", "disable_any_whitespace": true}',
         )
         stack.enter_context(process(vllm_cmd, f"http://127.0.0.1:{vllm_port}/health", 600, env))
         vllm_api = f"http://127.0.0.1:{vllm_port}/v1"

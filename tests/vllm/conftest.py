@@ -50,7 +50,7 @@ def vllm_args(model: Path, port: int) -> list[str]:
         "--trust-request-mm-kwargs",
         "--enable-prompt-tokens-details",
         "--enable-prefix-caching",
-        *("--structured-outputs-config", '{"disable_any_whitespace": true}'),
+        *("--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'),
     )
 
 
