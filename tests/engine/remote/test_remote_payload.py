@@ -138,7 +138,7 @@ def test_unset_limits_are_left_to_the_upstream() -> None:
     assert not {"max_tokens", "stop", "seed", "response_format", "tools"} & set(payload)
 
 
-def test_response_format_and_tools_pass_through() -> None:
+def test_tools_are_asked_as_an_envelope_the_replica_enforces_not_parses() -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     request = GenerationRequest(
         "r",
@@ -148,9 +148,33 @@ def test_response_format_and_tools_pass_through() -> None:
         tool_choice="auto",
     )
     payload = build_payload(request, "m", encoder(), True)
-    assert payload["response_format"] == {"type": "json_object"}
+    assert payload["response_format"]["type"] == "json_schema"
+    assert payload["response_format"]["json_schema"]["name"] == "vlmserve_output"
+    envelope = payload["response_format"]["json_schema"]["schema"]
+    assert payload["structured_outputs"] == {"json": envelope, "disable_any_whitespace": True}
+    # the template may describe the tools; the replica must not parse calls (no parser needed)
     assert payload["tools"] == [tool]
-    assert payload["tool_choice"] == "auto"
+    assert payload["tool_choice"] == "none"
+
+
+def test_json_mode_without_tools_is_sent_closed_and_compact() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    request = GenerationRequest(
+        "r",
+        Prompt((Message("user", (TextPart("hi"),)),)),
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    )
+    payload = build_payload(request, "m", encoder(), True)
+    sent = payload["response_format"]["json_schema"]["schema"]
+    assert sent == {**schema, "additionalProperties": False}
+    assert payload["structured_outputs"] == {"json": sent, "disable_any_whitespace": True}
+    assert "tools" not in payload
+
+
+def test_processor_options_travel_only_with_pictures() -> None:
+    text_only = GenerationRequest("r", Prompt((Message("user", (TextPart("hi"),)),)))
+    kwargs = {"size": {"longest_edge": 320}}
+    assert "mm_processor_kwargs" not in build_payload(text_only, "m", encoder(), True, kwargs)
 
 
 def test_tool_call_history_is_rendered_in_openai_shape() -> None:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
@@ -25,6 +25,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 IMAGE_TOKENS = 10  # what each image costs in the fake's prompt count
+MM_KWARGS_REFUSED = (
+    "Per-request mm_processor_kwargs are disabled by default because they can change "
+    "multimodal preprocessing resource usage. Start the server with --trust-request-mm-kwargs "
+    "only when clients are trusted."
+)
 
 
 @dataclass
@@ -41,12 +46,21 @@ class Behaviour:
     healthy: bool = True
     continuous_usage: bool = True  # honour stream_options.continuous_usage_stats
     has_tokenize: bool = True
+    image_tokens: int = IMAGE_TOKENS  # what this replica bills per image
+    # vLLM without --trust-request-mm-kwargs: a request with mm_processor_kwargs is refused
+    refuse_mm_kwargs: bool = False
+    # per-modality prompt tokens in usage: vLLM's multimodal_tokens, SGLang's image_tokens, none
+    modality_usage: Literal["vllm", "sglang", "none"] = "none"
+    # usage in non-streamed answers (what vlmserve's count check compares with its own count;
+    # off: the fake's counts are not a real processor's, and a check without usage passes)
+    completion_usage: bool = False
 
 
 @dataclass
 class FakeUpstream:
     behaviour: Behaviour = field(default_factory=Behaviour)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    probes: list[dict[str, Any]] = field(default_factory=list)  # non-streamed chat requests
     aborted: int = 0  # streams the client closed before the end
 
     def app(self) -> Starlette:
@@ -72,14 +86,45 @@ class FakeUpstream:
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
-        self.requests.append(body)
         b = self.behaviour
+        if b.refuse_mm_kwargs and body.get("mm_processor_kwargs"):
+            return error_response(400, MM_KWARGS_REFUSED)
+        (self.requests if body.get("stream") else self.probes).append(body)
         if b.fail_status is not None:
             headers = {"Retry-After": b.retry_after} if b.retry_after else None
             return error_response(b.fail_status, b.fail_message, headers)
         if body.get("model") != b.model:
             return error_response(404, f"The model `{body.get('model')}` does not exist.")
+        if not body.get("stream"):
+            return JSONResponse(self.completion(body))
         return StreamingResponse(self.chunks(body), media_type="text/event-stream")
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streamed one-word answer (what vlmserve's count check asks for)."""
+        usage = self.usage(body["messages"], 1, None) if self.behaviour.completion_usage else {}
+        message = {"role": "assistant", "content": self.behaviour.reply.split(" ")[0]}
+        choice = {"index": 0, "message": message, "finish_reason": "length"}
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "choices": [choice], **usage}
+
+    def usage(
+        self, messages: list[dict[str, Any]], num_generated: int, cached: int | None
+    ) -> dict[str, Any]:
+        b = self.behaviour
+        num_prompt = prompt_tokens(messages, b.image_tokens)
+        usage = usage_of(num_prompt, num_generated, cached)
+        num_images = sum(
+            part.get("type") == "image_url"
+            for message in messages
+            if isinstance(message.get("content"), list)
+            for part in message["content"]
+        )
+        if b.modality_usage != "none" and num_images:
+            details = usage.setdefault("prompt_tokens_details", {})
+            if b.modality_usage == "vllm":
+                details["multimodal_tokens"] = {"image": num_images * b.image_tokens}
+            else:
+                details["image_tokens"] = num_images * b.image_tokens
+        return {"usage": usage}
 
     async def chunks(self, body: dict[str, Any]) -> AsyncIterator[str]:
         b = self.behaviour
@@ -89,7 +134,7 @@ class FakeUpstream:
             include_usage and b.continuous_usage and options.get("continuous_usage_stats")
         )
         n = body.get("n", 1)
-        num_prompt = prompt_tokens(body["messages"])
+        num_prompt = prompt_tokens(body["messages"], b.image_tokens)
         words = b.reply.split(" ")
         if body.get("max_tokens") is not None:
             words = words[: body["max_tokens"]]
@@ -112,9 +157,9 @@ class FakeUpstream:
             for i in range(n):
                 yield sse(chunk(i, {}, reason), num_prompt, generated[i], continuous)
             if include_usage:
-                usage = usage_of(num_prompt, sum(generated), b.cached_tokens)
+                usage = self.usage(body["messages"], sum(generated), b.cached_tokens)
                 final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": []}
-                yield "data: " + json.dumps({**final, "usage": usage}) + "\n\n"
+                yield "data: " + json.dumps({**final, **usage}) + "\n\n"
             yield "data: [DONE]\n\n"
         except asyncio.CancelledError:
             self.aborted += 1
@@ -143,7 +188,7 @@ def usage_of(num_prompt: int, num_generated: int, cached: int | None) -> dict[st
     return usage
 
 
-def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+def prompt_tokens(messages: list[dict[str, Any]], image_tokens: int = IMAGE_TOKENS) -> int:
     total = 0
     for message in messages:
         content = message.get("content") or ""
@@ -152,7 +197,7 @@ def prompt_tokens(messages: list[dict[str, Any]]) -> int:
             if part["type"] == "text":
                 total += len(part["text"].split())
             else:
-                total += IMAGE_TOKENS
+                total += image_tokens
         total += 2  # role markers
     return total
 

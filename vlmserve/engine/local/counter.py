@@ -36,6 +36,7 @@ class ProcessorCounter:
         self._lock = threading.Lock()
         self._preparer: PromptPreparer | None = None
         self._image_edges: tuple[int, int] | None = None
+        self._family: Family | None = None
         # One thread: HF fast tokenizers must not be used from two threads at once.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="vlmserve-count")
 
@@ -63,6 +64,13 @@ class ProcessorCounter:
         prepared = await loop.run_in_executor(self._pool, preparer.prepare, prompt, tools)
         return prepared.usage
 
+    def processor_kwargs(self, prompt: Prompt) -> dict[str, Any]:
+        family = self._family
+        if family is None:
+            return {}
+        sizes = [frame.size for item in prompt.media for frame in item.frames]
+        return family.upstream_processor_kwargs(sizes)
+
     def health(self) -> EngineHealth:
         return EngineHealth(
             ready=self._state == "ready", detail=self._detail, image_edges=self._image_edges
@@ -85,7 +93,7 @@ class ProcessorCounter:
         with self._lock:
             if self._state != "loading":  # closed while loading
                 return
-            self._preparer, self._image_edges = preparer, edges
+            self._preparer, self._image_edges, self._family = preparer, edges, family
             self._state = "ready"
             self._detail = f"token counts from the processor of {self.directory}"
         log.info("%s", self._detail)

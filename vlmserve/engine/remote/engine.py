@@ -34,28 +34,43 @@ import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx
 
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.remote import router
+from vlmserve.engine.remote.envelope import uses_envelope
 from vlmserve.engine.remote.failures import (
     can_fail_over,
     error_for_status,
     is_unreachable,
     map_upstream_errors,
+    upstream_message,
 )
 from vlmserve.engine.remote.payload import (
     INLINE_ENCODE_PIXELS,
     ImageEncoder,
     build_payload,
+    probe_payload,
     to_json_bytes,
     tokenize_payload,
 )
 from vlmserve.engine.remote.pool import Replica, ReplicaPool
-from vlmserve.engine.remote.stream import DONE, StreamState, parse_chunk, sse_data
+from vlmserve.engine.remote.probe import (
+    mismatch_message,
+    probe_prompt,
+    probe_size,
+    refused_message,
+)
+from vlmserve.engine.remote.stream import (
+    DONE,
+    StreamState,
+    parse_chunk,
+    prompt_usage_of,
+    sse_data,
+)
 from vlmserve.engine.types import (
     EngineHealth,
     Event,
@@ -94,6 +109,12 @@ class TokenCounter(Protocol):
 
     def health(self) -> EngineHealth:
         """Cheap, never raises: ready once loaded, with the model's ``image_edges``."""
+        ...
+
+    def processor_kwargs(self, prompt: Prompt) -> dict[str, Any]:
+        """``mm_processor_kwargs`` under which a vLLM replica sizes and tiles ``prompt``'s
+        pictures as ``count`` did (SmolVLM: ``size``); {} when none are needed or not loaded.
+        Cheap (no pixels are touched)."""
         ...
 
 
@@ -153,9 +174,7 @@ class RemoteEngine:
                 max_keepalive_connections=s.max_keepalive_connections,
             ),
         )
-        self._health_task = asyncio.create_task(
-            self.pool.run_health_checks(self._client, s.health_interval_s)
-        )
+        self._health_task = asyncio.create_task(self._run_checks(self._client))
         if self._token_counter is not None:
             await self._token_counter.start()
 
@@ -177,6 +196,84 @@ class RemoteEngine:
         if self._token_counter is not None:
             await self._token_counter.close()
 
+    async def _run_checks(self, client: httpx.AsyncClient) -> None:
+        """Health checks every ``health_interval_s``, each followed by the count check of the
+        replicas that came up (``probe.py``), until cancelled."""
+        while True:
+            await self.pool.check_all(client)
+            await self.verify_counts(client)
+            counter = self._token_counter
+            if counter is not None and not counter.health().ready:
+                await asyncio.sleep(min(0.5, self.settings.health_interval_s))  # loading
+            else:
+                await asyncio.sleep(self.settings.health_interval_s)
+
+    async def verify_counts(self, client: httpx.AsyncClient) -> None:
+        counter = self._token_counter
+        if counter is None:  # the replicas' counts are the only counts: nothing to compare
+            for replica in self.pool.replicas:
+                replica.is_verified = True
+            return
+        if not counter.health().ready:
+            return
+        pending = [r for r in self.pool.replicas if r.is_up and not r.is_verified]
+        results = await asyncio.gather(
+            *(self._verify(client, counter, r) for r in pending), return_exceptions=True
+        )
+        for replica, result in zip(pending, results, strict=True):
+            if isinstance(result, Exception):  # never let one check end the health loop
+                log.warning("count check of %s failed: %r", replica.url, result)
+
+    async def _verify(
+        self, client: httpx.AsyncClient, counter: TokenCounter, replica: Replica
+    ) -> None:
+        edges = counter.health().image_edges
+        prompt = await asyncio.to_thread(probe_prompt, edges)
+        kwargs = counter.processor_kwargs(prompt)
+        counted = (await counter.count(prompt)).prompt_tokens
+        body = to_json_bytes(probe_payload(prompt, self.model, self._encoder, kwargs))
+        try:
+            with self.pool.track(replica), map_upstream_errors(replica.url):
+                response = await client.post(
+                    self._chat_urls[replica.url], content=body, headers=_JSON
+                )
+                raw = await response.aread()
+        except VlmserveError as exc:
+            self.pool.mark_down(replica, f"count check failed: {exc.message}")
+            return
+        problem = self._probe_problem(replica, response.status_code, raw, counted, edges, kwargs)
+        if problem is None:
+            replica.is_verified = True
+            log.info("replica %s bills what vlmserve counts (%d tokens)", replica.url, counted)
+        else:
+            self.pool.mark_down(replica, problem)
+
+    def _probe_problem(
+        self,
+        replica: Replica,
+        status: int,
+        raw: bytes,
+        counted: int,
+        edges: tuple[int, int] | None,
+        kwargs: dict[str, Any],
+    ) -> str | None:
+        if status != 200:
+            message, _ = upstream_message(raw)
+            if kwargs and "mm_processor_kwargs" in message:
+                return refused_message(replica.url, message, kwargs)
+            return f"count check failed: {replica.url} answered {status}: {message}"
+        try:
+            usage = json.loads(raw).get("usage") or {}
+        except (ValueError, AttributeError):
+            usage = {}
+        billed = prompt_usage_of(usage) if isinstance(usage, dict) else None
+        if billed is None:
+            return None  # no usage to compare: the stream's usage will be the bill
+        if billed.prompt_tokens != counted:
+            size = probe_size(edges)
+            return mismatch_message(replica.url, counted, billed.prompt_tokens, size, kwargs)
+        return None
+
     async def health(self) -> EngineHealth:
         if self._client is None:
             return EngineHealth(False, "remote engine not started")
@@ -185,6 +282,7 @@ class RemoteEngine:
         if self._token_counter is None:
             return EngineHealth(ready, detail, max_model_len=self.pool.max_model_len())
         counter = self._token_counter.health()
+        ready = any(r.is_up and r.is_verified for r in self.pool.replicas)
         return EngineHealth(
             ready and counter.ready,
             f"{detail}; {counter.detail}",
@@ -283,7 +381,7 @@ class RemoteEngine:
         self, request: GenerationRequest, attempt: _Attempt
     ) -> AsyncGenerator[Event, None]:
         assert attempt.response is not None
-        state = StreamState(request.sampling.n, attempt.replica.url)
+        state = StreamState(request.sampling.n, attempt.replica.url, uses_envelope(request))
         held: list[Event] = []  # deltas waiting for the prompt usage
         started = False
         try:
@@ -294,7 +392,7 @@ class RemoteEngine:
                     break
                 held.extend(state.feed(parse_chunk(data, attempt.replica.url)))
                 if not started:
-                    usage = state.prompt_usage or await self._count_locally(request)
+                    usage = await self._prompt_usage(request, state)
                     if usage is None:
                         continue
                     yield self._started(request, usage, state)
@@ -319,6 +417,7 @@ class RemoteEngine:
                     "processor files so it can count tokens itself."
                 )
             yield self._started(request, state.prompt_usage, state)
+        state.prompt_usage = await self._prompt_usage(request, state)
         for event in [*held, *state.finish()]:
             yield event
 
@@ -337,6 +436,28 @@ class RemoteEngine:
             state.budget = room
         return Started(usage)
 
+    async def _prompt_usage(
+        self, request: GenerationRequest, state: StreamState
+    ) -> PromptUsage | None:
+        """The replica's prompt usage, else our own count; image and video tokens from our own
+        count when the replica reported no per-modality breakdown."""
+        usage = state.prompt_usage
+        if usage is None:
+            return await self._count_locally(request)
+        if state.has_modalities or not request.prompt.media or self._token_counter is None:
+            return usage
+        if state.own_modalities is None:  # counted once per request
+            local = await self._token_counter.count(request.prompt, request.tools or ())
+            state.own_modalities = (local.image_tokens, local.video_tokens)
+        image_tokens, video_tokens = state.own_modalities
+        usage = replace(usage, image_tokens=image_tokens, video_tokens=video_tokens)
+        state.prompt_usage = usage
+        return usage
+
+    def _processor_kwargs(self, prompt: Prompt) -> dict[str, Any]:
+        counter = self._token_counter
+        return {} if counter is None or not prompt.media else counter.processor_kwargs(prompt)
+
     async def _count_locally(self, request: GenerationRequest) -> PromptUsage | None:
         if self._token_counter is None:
             return None
@@ -345,7 +466,11 @@ class RemoteEngine:
     async def _encode(self, request: GenerationRequest) -> bytes:
         def encode() -> bytes:
             payload = build_payload(
-                request, self.model, self._encoder, self.settings.continuous_usage
+                request,
+                self.model,
+                self._encoder,
+                self.settings.continuous_usage,
+                self._processor_kwargs(request.prompt),
             )
             return to_json_bytes(payload)
 
@@ -364,6 +489,9 @@ class RemoteEngine:
         if not any(allowed):
             return None
         available = [a and r.is_up for a, r in zip(allowed, replicas, strict=True)]
+        verified = [a and r.is_verified for a, r in zip(available, replicas, strict=True)]
+        if any(verified):
+            available = verified
         if not any(available):
             available = allowed  # health may be stale: a request is a probe, too
         loads = [r.num_outstanding for r in replicas]

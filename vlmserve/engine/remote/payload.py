@@ -31,6 +31,7 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Literal
 
+from vlmserve.engine.remote.envelope import response_format_for
 from vlmserve.engine.types import (
     GenerationRequest,
     MediaInput,
@@ -187,18 +188,37 @@ def sampling_fields(sampling: SamplingParams) -> Json:
     return fields
 
 
-def passthrough_fields(request: GenerationRequest) -> Json:
-    """Fields the upstream interprets itself; the place for future OpenAI options, too."""
+def output_fields(request: GenerationRequest) -> Json:
+    """JSON mode and tools, enforced through a structured output that vlmserve reads itself
+    (``envelope.py``). The tools still travel, for chat templates that describe them to the
+    model, with ``tool_choice: "none"``: the replica must neither parse calls nor need a parser."""
     fields: Json = {}
-    if request.response_format is not None:
-        fields["response_format"] = request.response_format
+    response_format = response_format_for(request)
+    if response_format is not None:
+        fields["response_format"] = response_format
+        fields["structured_outputs"] = vllm_structured_outputs(response_format)
     if request.tools is not None:
         fields["tools"] = list(request.tools)
-    if request.tool_choice is not None:
-        fields["tool_choice"] = request.tool_choice
-    if request.tools is not None and not request.parallel_tool_calls:
-        fields["parallel_tool_calls"] = False
+        fields["tool_choice"] = "none"
     return fields
+
+
+def vllm_structured_outputs(response_format: Json) -> Json:
+    """vLLM's own field, which also asks for compact JSON (others ignore it). It must name the
+    constraint itself: vLLM refuses one that carries only options."""
+    if response_format["type"] == "json_schema":
+        constraint: Json = {"json": response_format["json_schema"]["schema"]}
+    else:
+        constraint = {"json_object": True}
+    return {**constraint, "disable_any_whitespace": True}
+
+
+def processor_fields(prompt: Prompt, mm_processor_kwargs: Json | None) -> Json:
+    """The processor options vlmserve counted with, so the replica sizes and tiles pictures the
+    same way (vLLM honours them when started with ``--trust-request-mm-kwargs``)."""
+    if not mm_processor_kwargs or not prompt.media:
+        return {}
+    return {"mm_processor_kwargs": mm_processor_kwargs}
 
 
 def stream_options(continuous_usage: bool) -> Json:
@@ -209,20 +229,42 @@ def stream_options(continuous_usage: bool) -> Json:
 
 
 def build_payload(
-    request: GenerationRequest, model: str, encoder: ImageEncoder, continuous_usage: bool
+    request: GenerationRequest,
+    model: str,
+    encoder: ImageEncoder,
+    continuous_usage: bool,
+    mm_processor_kwargs: Json | None = None,
 ) -> Json:
     return {
         "model": model,
         "messages": render_messages(request.prompt, encoder),
         **sampling_fields(request.sampling),
-        **passthrough_fields(request),
+        **output_fields(request),
+        **processor_fields(request.prompt, mm_processor_kwargs),
         "stream": True,
         "stream_options": stream_options(continuous_usage),
     }
 
 
+def probe_payload(
+    prompt: Prompt, model: str, encoder: ImageEncoder, mm_processor_kwargs: Json | None
+) -> Json:
+    """A one-token, non-streamed chat completion: its ``usage`` is what the replica bills."""
+    return {
+        "model": model,
+        "messages": render_messages(prompt, encoder),
+        "max_tokens": 1,
+        "temperature": 0.0,
+        **processor_fields(prompt, mm_processor_kwargs),
+    }
+
+
 def tokenize_payload(
-    prompt: Prompt, model: str, encoder: ImageEncoder, tools: tuple[Json, ...] = ()
+    prompt: Prompt,
+    model: str,
+    encoder: ImageEncoder,
+    tools: tuple[Json, ...] = (),
+    mm_processor_kwargs: Json | None = None,
 ) -> Json:
     """vLLM's ``POST /tokenize`` body (also read by vlmserve's ``/v1/token/count``): counts the
     prompt exactly as the chat endpoint would, with the tools the chat template renders."""
@@ -230,6 +272,7 @@ def tokenize_payload(
         "model": model,
         "messages": render_messages(prompt, encoder),
         "add_generation_prompt": True,
+        **processor_fields(prompt, mm_processor_kwargs),
     }
     if tools:
         payload["tools"] = list(tools)

@@ -29,6 +29,9 @@ class Replica:
     num_outstanding: int = 0
     num_requests: int = 0  # requests sent, for load reports
     max_model_len: int | None = None
+    # Passed the count check (``probe.py``) since it last came up; until then it takes requests
+    # only when no verified replica is up, and does not make the engine ready.
+    is_verified: bool = False
     health_latency_s: float | None = None  # the last health check that was answered
 
 
@@ -52,6 +55,7 @@ class ReplicaPool:
         if replica.is_up:
             log.warning("replica %s is down: %s", replica.url, reason)
         replica.is_up = False
+        replica.is_verified = False  # it may come back with other flags: check it again
         replica.detail = reason
 
     def mark_up(self, replica: Replica, detail: str = "healthy") -> None:
@@ -105,6 +109,9 @@ class ReplicaPool:
     def summary(self) -> str:
         num_up = sum(r.is_up for r in self.replicas)
         down = [f"{r.url} ({r.detail})" for r in self.replicas if not r.is_up]
+        down += [
+            f"{r.url} (count check pending)" for r in self.replicas if r.is_up and not r.is_verified
+        ]
         text = f"{num_up} of {len(self.replicas)} replicas up"
         return text + (": down " + "; ".join(down) if down else "")
 

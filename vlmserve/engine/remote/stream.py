@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmserve.engine.remote.envelope import read_envelope
 from vlmserve.engine.remote.failures import error_for_body
 from vlmserve.engine.types import Delta, Event, Finished, FinishReason, PromptUsage, ToolCall
 from vlmserve.errors import UpstreamError
@@ -69,12 +70,30 @@ def prompt_usage_of(usage: Mapping[str, Any]) -> PromptUsage | None:
     cached = details.get("cached_tokens")
     if not isinstance(cached, int):
         cached = usage.get("cached_tokens")
+    image_tokens, video_tokens = modality_tokens(details) or (0, 0)
     return PromptUsage(
         prompt_tokens=prompt_tokens,
-        image_tokens=_int(details.get("image_tokens")),
-        video_tokens=_int(details.get("video_tokens")),
+        image_tokens=image_tokens,
+        video_tokens=video_tokens,
         cached_tokens=_int(cached),
     )
+
+
+def modality_tokens(details: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(image, video) prompt tokens from ``prompt_tokens_details``, in whichever shape the server
+    sends them: vLLM's ``multimodal_tokens: {"image": N, "video": M}``, or ``image_tokens`` /
+    ``video_tokens`` (SGLang, another vlmserve); None when the server sent neither."""
+    by_modality = details.get("multimodal_tokens")
+    if isinstance(by_modality, Mapping):
+        return _int(by_modality.get("image")), _int(by_modality.get("video"))
+    if "image_tokens" in details or "video_tokens" in details:
+        return _int(details.get("image_tokens")), _int(details.get("video_tokens"))
+    return None
+
+
+def has_modality_tokens(usage: Mapping[str, Any]) -> bool:
+    details = usage.get("prompt_tokens_details")
+    return isinstance(details, Mapping) and modality_tokens(details) is not None
 
 
 def _int(value: Any) -> int:
@@ -91,10 +110,16 @@ class _ToolCallParts:
 class StreamState:
     """What one generation's chunks said so far; ``feed`` returns the deltas to emit."""
 
-    def __init__(self, n: int, replica: str) -> None:
+    def __init__(self, n: int, replica: str, envelope: bool = False) -> None:
         self.n = n
         self.replica = replica
         self.prompt_usage: PromptUsage | None = None  # the latest the upstream reported
+        self.has_modalities = False  # ... with a per-modality breakdown
+        self.own_modalities: tuple[int, int] | None = None  # (image, video) in our own count
+        # The replica answers in the call envelope (``envelope.py``): its text is held per choice
+        # and read at the end; deltas meanwhile carry only token counts.
+        self.envelope = envelope
+        self.texts: list[list[str]] = [[] for _ in range(n)]
         self.completion_tokens: int | None = None  # likewise, all choices together
         self.num_tokens = [0] * n  # tokens attributed to our deltas so far
         self.reasons: list[FinishReason | None] = [None] * n
@@ -105,7 +130,10 @@ class StreamState:
     def feed(self, chunk: Mapping[str, Any]) -> list[Delta]:
         usage = chunk.get("usage")
         if isinstance(usage, Mapping):
-            self.prompt_usage = prompt_usage_of(usage) or self.prompt_usage
+            reported = prompt_usage_of(usage)
+            if reported is not None:
+                self.prompt_usage = reported
+                self.has_modalities = has_modality_tokens(usage)
             if isinstance(usage.get("completion_tokens"), int):
                 self.completion_tokens = usage["completion_tokens"]
         deltas = []
@@ -123,8 +151,12 @@ class StreamState:
             return None
         delta = choice.get("delta") or {}
         text = delta.get("content") or ""
+        if self.envelope and text:
+            self.texts[index].append(text)
+            text = ""
         has_tool_call = self._add_tool_calls(index, delta.get("tool_calls"))
-        tokens = self._tokens_of(index, bool(text) or has_tool_call)
+        has_output = bool(text) or has_tool_call or bool(self.envelope and delta.get("content"))
+        tokens = self._tokens_of(index, has_output)
         self.num_tokens[index] += tokens
         reason = choice.get("finish_reason")
         if reason:
@@ -170,7 +202,15 @@ class StreamState:
         for i, reason in enumerate(self.reasons):
             assert reason is not None
             usage = self.prompt_usage if i == self.n - 1 else None
-            events.append(Finished(i, reason, self._calls(i), usage))
+            calls = self._calls(i)
+            if self.envelope:
+                content, envelope_calls = read_envelope("".join(self.texts[i]))
+                if content:
+                    events.append(Delta(i, content, 0))
+                calls = (*calls, *envelope_calls)
+            if calls and reason is FinishReason.STOP:
+                reason = FinishReason.TOOL_CALLS
+            events.append(Finished(i, reason, calls, usage))
         return events
 
     def _calls(self, index: int) -> tuple[ToolCall, ...]:

@@ -37,6 +37,11 @@ class Family:
     def processor_kwargs(self) -> dict[str, Any]:
         return {}
 
+    def upstream_processor_kwargs(self, sizes: list[tuple[int, int]]) -> dict[str, Any]:
+        """``mm_processor_kwargs`` that make a vLLM replica's processor tile pictures of these
+        (width, height) sizes as this family counts them (remote mode); {}: none needed."""
+        return {}
+
     def video_kwargs(self) -> dict[str, Any]:
         """Processor options for ``videos=`` (native video families): frames arrive sampled."""
         return {}
