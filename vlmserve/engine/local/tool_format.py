@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlmserve.engine.local.families import Family, Qwen2VL
+from vlmserve.engine.local.families import Family
 from vlmserve.engine.types import ToolCall, ToolCallDelta
 
 _TOOLS_SECTION = """# Tools
@@ -134,7 +134,12 @@ HERMES_TOOLS = ToolFormat("hermes", default_system="")
 
 
 def tool_format_for(family: Family) -> ToolFormat:
-    return QWEN2_VL_TOOLS if isinstance(family, Qwen2VL) else HERMES_TOOLS
+    """Hermes for every family; a template's own default system text stays in front of the
+    tools section (Qwen2-VL and Qwen2.5-VL have one, Qwen3-VL's template does not)."""
+    system = family.default_system_prompt
+    if system == QWEN2_VL_TOOLS.default_system:
+        return QWEN2_VL_TOOLS
+    return HERMES_TOOLS if not system else ToolFormat("hermes", default_system=system)
 
 
 def new_call_id() -> str:
