@@ -107,7 +107,7 @@ def long_text(words: int = 400) -> str:
     return " ".join(f"word{i % 37} and" for i in range(words))
 
 
-# --- text and images ---------------------------------------------------------------------------
+# --- text and images ---
 
 
 def test_text_prompt_generates_and_bills_what_count_tokens_says(engines: Engines) -> None:
@@ -167,7 +167,7 @@ def test_detail_budgets_bound_image_tokens(engines: Engines) -> None:
         assert low < high, "a high-detail picture must cost more than a low-detail one"
 
 
-# --- video -----------------------------------------------------------------------------------------
+# --- video ---
 
 
 def test_video_is_billed_as_video_tokens(engines: Engines) -> None:
@@ -201,7 +201,7 @@ def test_image_with_video_works_or_is_refused_clearly(engines: Engines) -> None:
     assert result.started.usage.image_tokens > 0 and result.started.usage.video_tokens > 0
 
 
-# --- choices, streaming, constraints -------------------------------------------------------------
+# --- choices, streaming, constraints ---
 
 
 def test_n_choices_each_finish(engines: Engines) -> None:
@@ -266,12 +266,12 @@ def test_tool_call_round_trip(engines: Engines) -> None:
     )
     second = replace(request(Prompt(history), max_tokens=4), tools=TOOLS, tool_choice="auto")
     answer = generate(engines.on, second)
-    assert answer.started is not None
-    assert answer.started.usage.prompt_tokens > result.started.usage.prompt_tokens  # type: ignore[union-attr]
+    assert answer.started is not None and result.started is not None
+    assert answer.started.usage.prompt_tokens > result.started.usage.prompt_tokens
     assert answer.finished[0] in (FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS)
 
 
-# --- caches ------------------------------------------------------------------------------------------
+# --- caches ---
 
 
 def test_prompt_cache_keeps_greedy_output_and_reports_cached_tokens(engines: Engines) -> None:
@@ -314,7 +314,7 @@ def test_context_overflow_is_a_400(engines: Engines) -> None:
     assert info.value.status == 400 and "context window" in info.value.message
 
 
-# --- batching ----------------------------------------------------------------------------------------
+# --- batching ---
 
 
 def test_concurrent_requests_answer_as_each_alone(engines: Engines) -> None:
@@ -328,10 +328,12 @@ def test_concurrent_requests_answer_as_each_alone(engines: Engines) -> None:
     async def together() -> list[Result]:
         return list(
             await asyncio.gather(
-                *(collect(engines.on, request(p, f"b{i}", max_tokens=8)) for i, p in enumerate(prompts))
+                *(
+                    collect(engines.on, request(p, f"b{i}", max_tokens=8))
+                    for i, p in enumerate(prompts)
+                )
             )
         )
 
     batched = asyncio.run(together())
     assert [r.text for r in batched] == [r.text for r in alone]
-

@@ -29,7 +29,17 @@ from vlmserve.dummy.families import Family, TokenizerFiles, _text_config, _token
 from vlmserve.dummy.shapes import TextShape
 from vlmserve.dummy.tokenizer import TokenizerSpec
 
-INTERNVL_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
+INTERNVL_TOKENS = (
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<quad>",
+    "</quad>",
+    "<ref>",
+    "</ref>",
+    "<box>",
+    "</box>",
+)
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -115,7 +125,10 @@ INTERNVL_SHAPES: dict[str, InternVLShape] = {
 
 
 def internvl_tokenizer_spec(shape: InternVLShape) -> TokenizerSpec:
-    return qwen_tokenizer_spec(shape.text.vocab_size, (*QWEN2_5_MORE_TOKENS, *INTERNVL_TOKENS))
+    # ``<video>`` is named in tokenizer_config.json (``video_token``), so it is an added token
+    # too; listing it keeps len(tokenizer) at the model's vocab_size.
+    more = (*QWEN2_5_MORE_TOKENS, *INTERNVL_TOKENS, "<video>")
+    return qwen_tokenizer_spec(shape.text.vocab_size, more)
 
 
 def internvl_tokenizer_files(shape: InternVLShape) -> TokenizerFiles:

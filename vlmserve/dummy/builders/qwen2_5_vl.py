@@ -150,7 +150,9 @@ def qwen_tokenizer_spec(vocab_size: int, more: tuple[str, ...]) -> TokenizerSpec
     """Qwen2's specials, then <tool_call></tool_call> (plain), then ``more`` (plain)."""
     added = [AddedSpec(t) for t in QWEN2_VL_SPECIAL_TOKENS]
     added += [AddedSpec(t, special=False) for t in (*QWEN2_VL_PLAIN_ADDED_TOKENS, *more)]
-    return TokenizerSpec(pipeline="qwen2", vocab_size=vocab_size, leading_special=(), added=tuple(added))
+    return TokenizerSpec(
+        pipeline="qwen2", vocab_size=vocab_size, leading_special=(), added=tuple(added)
+    )
 
 
 def qwen2_5_vl_tokenizer_spec(shape: Qwen25VLShape) -> TokenizerSpec:
@@ -177,7 +179,9 @@ def qwen_processors(
         "image_mean": mean,
         "image_std": std,
     }
-    image = Qwen2VLImageProcessor(min_pixels=vision.min_pixels, max_pixels=vision.max_pixels, **common)
+    image = Qwen2VLImageProcessor(
+        min_pixels=vision.min_pixels, max_pixels=vision.max_pixels, **common
+    )
     video = Qwen2VLVideoProcessor(
         min_pixels=vision.video_min_pixels,
         max_pixels=vision.video_max_pixels,
@@ -187,7 +191,9 @@ def qwen_processors(
     return image, video
 
 
-def qwen2_5_vl_processor(shape: Qwen25VLShape, tokenizer: PreTrainedTokenizerBase) -> ProcessorMixin:
+def qwen2_5_vl_processor(
+    shape: Qwen25VLShape, tokenizer: PreTrainedTokenizerBase
+) -> ProcessorMixin:
     image, video = qwen_processors(shape.vision, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     return Qwen2_5_VLProcessor(
         image_processor=image,

@@ -9,6 +9,7 @@ The release (Qwen/Qwen3-VL-2B-Instruct) has the Qwen3 tokenizer (Qwen2.5's token
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import (
     PretrainedConfig,
@@ -33,7 +34,13 @@ from vlmserve.dummy.families import Family, _text_config, qwen2_vl_generation_co
 from vlmserve.dummy.shapes import TextShape
 from vlmserve.dummy.tokenizer import TokenizerSpec
 
-QWEN3_MORE_TOKENS = (*QWEN2_5_MORE_TOKENS, "<tool_response>", "</tool_response>", "<think>", "</think>")
+QWEN3_MORE_TOKENS = (
+    *QWEN2_5_MORE_TOKENS,
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+)
 HALF = [0.5, 0.5, 0.5]
 
 
@@ -124,7 +131,7 @@ def qwen3_vl_tokenizer_spec(shape: Qwen3VLShape) -> TokenizerSpec:
 
 def qwen3_vl_processor(shape: Qwen3VLShape, tokenizer: PreTrainedTokenizerBase) -> ProcessorMixin:
     v = shape.vision
-    common = {
+    common: dict[str, Any] = {
         "patch_size": v.patch_size,
         "temporal_patch_size": v.temporal_patch_size,
         "merge_size": v.merge_size,

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the template is copied as it is, long lines included)
 """Qwen/Qwen3-VL-2B-Instruct ``chat_template.json`` (the Instruct releases share it): a
 ``render_content`` macro for text/image/video parts, the Hermes tools section in the system turn,
 ``<tool_call>`` JSON for calls and tool results gathered into one user turn of

@@ -8,6 +8,8 @@ differ from ``idefics3``, so the shapes and most builders are shared with it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from PIL import Image
 from transformers import (
     PretrainedConfig,
@@ -93,7 +95,7 @@ SMOLVLM_SHAPES: dict[str, Idefics3Shape] = {
 
 
 def smolvlm_processor(shape: Idefics3Shape, tokenizer: PreTrainedTokenizerBase) -> ProcessorMixin:
-    common = {
+    common: dict[str, Any] = {
         "do_convert_rgb": True,
         "resample": Image.Resampling.LANCZOS,
         "max_image_size": {"longest_edge": shape.tile_size},
@@ -111,15 +113,15 @@ def smolvlm_processor(shape: Idefics3Shape, tokenizer: PreTrainedTokenizerBase) 
         **common,
     )
     # The release's video_sampling: 1 fps, at most 64 frames, each one view at the tile size.
-    video_processor = SmolVLMVideoProcessor(
-        do_resize=True,
-        size={"longest_edge": shape.tile_size},
-        video_sampling={
+    sampling: dict[str, Any] = {
+        "video_sampling": {
             "fps": 1,
             "max_frames": 64,
             "video_size": {"longest_edge": shape.tile_size},
-        },
-        **common,
+        }
+    }
+    video_processor = SmolVLMVideoProcessor(
+        do_resize=True, size={"longest_edge": shape.tile_size}, **sampling, **common
     )
     return SmolVLMProcessor(
         image_processor=image_processor,

@@ -22,7 +22,10 @@ class Qwen2VL(Family):
     uses_mm_token_type_ids = True
     native_video = True
     default_system_prompt = "You are a helpful assistant."
-    checkpoints = ("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct")
+    checkpoints: ClassVar[tuple[str, ...]] = (
+        "Qwen/Qwen2-VL-2B-Instruct",
+        "Qwen/Qwen2-VL-7B-Instruct",
+    )
 
     def video_kwargs(self) -> dict[str, Any]:
         return {"do_sample_frames": False}
