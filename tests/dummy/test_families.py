@@ -10,6 +10,7 @@ import pytest
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from vlmserve.dummy import FAMILY_SHAPES, make_dummy_model
+from vlmserve.dummy.builders.gemma3 import GEMMA3_SHAPES
 from vlmserve.dummy.builders.internvl import INTERNVL_SHAPES
 from vlmserve.dummy.builders.llava_onevision import LLAVA_ONEVISION_SHAPES
 from vlmserve.dummy.builders.qwen2_5_vl import QWEN2_5_VL_SHAPES
@@ -23,6 +24,7 @@ RELEASE_CLASSES = {
     "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
     "internvl": ("InternVLForConditionalGeneration", "InternVLProcessor"),
     "llava_onevision": ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor"),
+    "gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor"),
 }
 # What each release's template makes of [user: image, "Hi"] with a generation prompt.
 RENDERED = {
@@ -33,6 +35,7 @@ RENDERED = {
     "<|im_start|>assistant\n",
     "internvl": "<|im_start|>user\n<IMG_CONTEXT>\nHi<|im_end|>\n<|im_start|>assistant\n",
     "llava_onevision": "<|im_start|>user\n<image>\nHi<|im_end|><|im_start|>assistant\n",
+    "gemma3": "<bos><start_of_turn>user\n<start_of_image>Hi<end_of_turn>\n<start_of_turn>model\n",
 }
 # The release's video placeholder in the template, for families with native video.
 VIDEO_PART = {
@@ -69,6 +72,8 @@ def test_the_release_chat_template_renders(dirs: dict[str, Path], family: str) -
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert text == RENDERED[family]
+    if family not in VIDEO_PART:
+        return
     video = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Hi"}]}]
     text = processor.apply_chat_template(video, add_generation_prompt=True, tokenize=False)
     assert VIDEO_PART[family] in text
@@ -113,3 +118,19 @@ def test_real_shapes_copy_the_released_dimensions() -> None:
         26,
         [2304, 2304],
     )
+    gemma = GEMMA3_SHAPES["gemma3-4b"]
+    assert (gemma.text.hidden_size, gemma.text.num_hidden_layers, gemma.mm_tokens_per_image) == (
+        2560,
+        34,
+        256,
+    )
+
+
+def test_gemma3_template_puts_the_system_text_in_the_first_user_turn(dirs: dict[str, Path]) -> None:
+    processor = _processor(dirs["gemma3"])
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"

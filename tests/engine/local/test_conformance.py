@@ -50,6 +50,10 @@ from vlmserve.errors import ContextLengthError, UnsupportedContentError
 # others prefill prompts with media the model's own way (text-only prompts still hit).
 ENCODER_CACHED = {"idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl"}
 NATIVE_VIDEO = {"smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava_onevision"}
+# (the others, idefics3 and gemma3, get a video as labelled frames)
+# Families whose KV cache the prefix cache cannot reuse: Gemma 3's sliding-window layers forget
+# the start of long prompts (block_manager.supports); they report cached_tokens 0.
+NO_PREFIX_KV = {"gemma3"}
 # Families whose processor cannot take images and videos in one request.
 NO_IMAGE_WITH_VIDEO = {"smolvlm"}
 
@@ -281,8 +285,11 @@ def test_prompt_cache_keeps_greedy_output_and_reports_cached_tokens(engines: Eng
     warm = generate(engines.on, request(prompt, max_tokens=6))
     off = generate(engines.off, request(prompt, max_tokens=6))
     assert warm.started is not None and cold.started is not None
-    assert warm.started.usage.cached_tokens >= 512
-    assert warm.started.usage.cached_tokens % 256 == 0
+    if engines.family in NO_PREFIX_KV:
+        assert warm.started.usage.cached_tokens == 0
+    else:
+        assert warm.started.usage.cached_tokens >= 512
+        assert warm.started.usage.cached_tokens % 256 == 0
     assert warm.started.usage.prompt_tokens == cold.started.usage.prompt_tokens
     assert warm.text == cold.text == off.text
 

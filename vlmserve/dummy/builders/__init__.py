@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmserve.dummy.builders import internvl, llava_onevision, qwen2_5_vl, qwen3_vl, smolvlm
+from vlmserve.dummy.builders import (
+    gemma3,
+    internvl,
+    llava_onevision,
+    qwen2_5_vl,
+    qwen3_vl,
+    smolvlm,
+)
 from vlmserve.dummy.families import Family
 
 BUILDERS: dict[str, Family] = {
@@ -14,6 +21,7 @@ BUILDERS: dict[str, Family] = {
     "qwen3_vl": qwen3_vl.BUILDER,
     "internvl": internvl.BUILDER,
     "llava_onevision": llava_onevision.BUILDER,
+    "gemma3": gemma3.BUILDER,
 }
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -22,4 +30,5 @@ SHAPES: dict[str, dict[str, Any]] = {
     "qwen3_vl": qwen3_vl.QWEN3_VL_SHAPES,
     "internvl": internvl.INTERNVL_SHAPES,
     "llava_onevision": llava_onevision.LLAVA_ONEVISION_SHAPES,
+    "gemma3": gemma3.GEMMA3_SHAPES,
 }

@@ -242,7 +242,7 @@ def _usage(
         image_tokens = int((types == _IMAGE).sum())
         video_tokens = int((types == _VIDEO).sum())
     else:
-        image_id = getattr(family.processor, "image_token_id", None)
+        image_id = family.image_token_id()
         ids = token_ids or tuple(int(t) for t in outputs["input_ids"][0].tolist())
         image_tokens = sum(1 for t in ids if t == image_id)
         video_tokens = 0

@@ -123,7 +123,12 @@ class ToolFormat:
     ) -> list[dict[str, Any]]:
         section = self.tools_section(tools)
         if out and out[0]["role"] == "system":
-            first = {**out[0], "content": [*out[0]["content"], _text("\n\n" + section)]}
+            parts = out[0]["content"]
+            if all(p.get("type") == "text" for p in parts):
+                # one text part: some templates (Gemma 3) read only a system turn's first part
+                text = "".join(p["text"] for p in parts) + "\n\n" + section
+                return [{**out[0], "content": [_text(text)]}, *out[1:]]
+            first = {**out[0], "content": [*parts, _text("\n\n" + section)]}
             return [first, *out[1:]]
         text = f"{self.default_system}\n\n{section}" if self.default_system else section
         return [{"role": "system", "content": [_text(text)]}, *out]

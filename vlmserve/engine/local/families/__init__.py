@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmserve.engine.local.families.base import Family
+from vlmserve.engine.local.families.gemma3 import Gemma3
 from vlmserve.engine.local.families.idefics3 import Idefics3
 from vlmserve.engine.local.families.internvl import InternVL
 from vlmserve.engine.local.families.llava_onevision import LlavaOnevision
@@ -25,11 +26,13 @@ FAMILIES: tuple[type[Family], ...] = (
     Qwen3VL,
     InternVL,
     LlavaOnevision,
+    Gemma3,
 )
 
 __all__ = [
     "FAMILIES",
     "Family",
+    "Gemma3",
     "Idefics3",
     "InternVL",
     "LlavaOnevision",

@@ -52,6 +52,11 @@ class Family:
         for processors that read it, each video's ``VideoMetadata`` (fps and frame times)."""
         return self.video_kwargs()
 
+    def image_token_id(self) -> int | None:
+        """The id billed as an image token when the processor gives no ``mm_token_type_ids``."""
+        value = getattr(self.processor, "image_token_id", None)
+        return value if isinstance(value, int) else None
+
     def check_media(self, num_images: int, num_videos: int) -> None:
         """Raise ``CapabilityError`` for a mix of media this family's processor cannot take."""
 
