@@ -33,7 +33,7 @@ IMAGE_TOKEN = {
     "qwen3_vl": "<|image_pad|>",
     "internvl": "<IMG_CONTEXT>",
     "llava_onevision": "<image>",
-    "gemma3": "<image_soft_token>",  # the template writes <start_of_image>, the processor expands it
+    "gemma3": "<image_soft_token>",  # the template's <start_of_image>, expanded by the processor
 }
 NFC_NORMALIZING = {  # Qwen2Tokenizer normalizes; byte-level and Gemma BPE keep the text
     "qwen2_vl",

@@ -67,8 +67,8 @@ class TokenizerSpec:
 def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     vocab, merges = _train_bpe(spec)
     if spec.pipeline == "gemma":
-        for token in BYTE_TOKENS:
-            vocab.setdefault(token, len(vocab))
+        for byte in BYTE_TOKENS:
+            vocab.setdefault(byte, len(vocab))
     _fill_vocab(vocab, spec.num_regular, "▁" if spec.pipeline == "gemma" else "Ġ")
     if spec.pipeline == "gemma":  # GemmaTokenizer's own model: byte fallback, fused unknowns
         model = models.BPE(
