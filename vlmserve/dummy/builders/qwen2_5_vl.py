@@ -90,7 +90,7 @@ def _tiny_text(rope_theta: float) -> TextShape:
 
 
 QWEN2_5_VL_SHAPES: dict[str, Qwen25VLShape] = {
-    # a 28x28 px block is one token: images get 4..36 tokens, video frames 4..16 per 2 frames
+    # a 28x28 px block is one token: images get 4..400 tokens, video frames 4..16 per 2 frames
     "tiny": Qwen25VLShape(
         text=_tiny_text(1000000.0),
         mrope_section=(2, 3, 3),
@@ -103,7 +103,7 @@ QWEN2_5_VL_SHAPES: dict[str, Qwen25VLShape] = {
             merge_size=2,
             temporal_patch_size=2,
             min_pixels=56 * 56,
-            max_pixels=28 * 28 * 36,
+            max_pixels=28 * 28 * 400,  # high edge 560 px > low 448: detail changes cost
             video_min_pixels=56 * 56,
             video_max_pixels=28 * 28 * 16,
         ),

@@ -56,7 +56,7 @@ class Qwen3VLShape:
 
 
 QWEN3_VL_SHAPES: dict[str, Qwen3VLShape] = {
-    # a 32x32 px block is one token: images get 4..36 tokens, video frames 4..16 per 2 frames
+    # a 32x32 px block is one token: images get 4..400 tokens, video frames 4..16 per 2 frames
     "tiny": Qwen3VLShape(
         text=TextShape(
             vocab_size=4096,
@@ -81,7 +81,7 @@ QWEN3_VL_SHAPES: dict[str, Qwen3VLShape] = {
             merge_size=2,
             temporal_patch_size=2,
             min_pixels=64 * 64,
-            max_pixels=32 * 32 * 36,
+            max_pixels=32 * 32 * 400,  # high edge 640 px > low 448: detail changes cost
             video_min_pixels=64 * 64,
             video_max_pixels=32 * 32 * 16,
         ),
