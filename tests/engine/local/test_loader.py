@@ -1,73 +1,67 @@
-"""The loader takes a hub id or a local directory unchanged: a dummy directory laid out as a hub
-download (in a Hugging Face cache, offline) loads by its hub id, and a family pin is enforced."""
+"""``locate``: where a model loads from, decided by one quick hub request, never minutes of
+retries: a directory, the hub id (reachable: downloads with progress bars), the cache's copy."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-from types import SimpleNamespace
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from vlmserve.catalog.spec import EngineBinding
-from vlmserve.engine.local.loader import check_family
-
-REVISION = "0123456789abcdef0123456789abcdef01234567"
-LOAD = """
-import sys
-from vlmserve.catalog.spec import EngineBinding
-from vlmserve.engine.local.loader import load_model
-from vlmserve.settings import EngineSettings
-loaded = load_model(EngineBinding(model=sys.argv[1]), EngineSettings(device="cpu"))
-print(type(loaded.family).__name__, loaded.model.config.model_type, loaded.max_model_len)
-"""
+from vlmserve.engine.local import loader
+from vlmserve.errors import ModelUnavailableError
 
 
-def _as_hub_cache(model_dir: Path, cache: Path, repo_id: str) -> None:
-    """Lay ``model_dir`` out as huggingface_hub leaves a download: snapshots/<rev> + refs/main."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(model_dir, repo / "snapshots" / REVISION)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REVISION)
+class _Hub(BaseHTTPRequestHandler):
+    known = frozenset({"/api/models/org/there"})
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path in self.known else 404)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        return
 
 
-@pytest.mark.parametrize(
-    ("family", "repo_id", "family_class"),
-    [
-        ("qwen3_vl", "Qwen/Qwen3-VL-2B-Instruct", "Qwen3VL"),
-        ("internvl", "OpenGVLab/InternVL3-1B-hf", "InternVL"),
-    ],
-)
-def test_a_hub_id_loads_from_the_cache_offline(
-    tiny_models: dict[str, Path], tmp_path: Path, family: str, repo_id: str, family_class: str
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(loader.hub_constants, "ENDPOINT", url)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_reachable_hub_keeps_the_hub_id_so_downloads_show_progress(hub: str) -> None:
+    assert loader.locate("org/there") == "org/there"
+
+
+def test_an_unknown_or_gated_model_is_named_with_the_hubs_answer(hub: str) -> None:
+    with pytest.raises(ModelUnavailableError, match="answered 404") as info:
+        loader.locate("org/missing")
+    assert "'org/missing'" in info.value.message and "make-dummy-model" in info.value.message
+
+
+def test_an_unreachable_hub_fails_in_one_short_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 192.0.2.0/24 (TEST-NET-1) never answers: only the timeout ends the attempt.
+    monkeypatch.setattr(loader.hub_constants, "ENDPOINT", "http://192.0.2.1")
+    monkeypatch.setattr(loader, "_cached_copy", lambda model: None)
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailableError, match="cannot be reached"):
+        loader.locate("org/any", timeout_s=0.5)
+    assert time.monotonic() - started < 5
+
+
+def test_an_unreachable_hub_falls_back_to_the_cached_copy(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _as_hub_cache(tiny_models[family], tmp_path / "hub", repo_id)
-    env = {
-        **os.environ,
-        "HF_HUB_CACHE": str(tmp_path / "hub"),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    cwd = Path(__file__).resolve().parents[3]  # this worktree's vlmserve
-    out = subprocess.run(
-        [sys.executable, "-c", LOAD, repo_id],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == [family_class, family, "8192"]
-
-
-def test_a_model_of_another_family_than_the_binding_pins_is_refused() -> None:
-    binding = EngineBinding(model="/srv/m", family="qwen2_5_vl")
-    with pytest.raises(ValueError, match="model_type 'gemma3'"):
-        check_family(binding, SimpleNamespace(model_type="gemma3"))
-    check_family(binding, SimpleNamespace(model_type="qwen2_5_vl"))
-    check_family(EngineBinding(model="/srv/m"), SimpleNamespace(model_type="gemma3"))
+    monkeypatch.setattr(loader.hub_constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(loader, "_cached_copy", lambda model: "/cache/snapshots/abc")
+    assert loader.locate("org/cached") == "/cache/snapshots/abc"
