@@ -204,10 +204,14 @@ def _family_columns(binding: Any, described: dict[str, Any]) -> dict[str, Any]:
     from vlmserve.engine.local.describe import describe_model
 
     if binding.model not in described:
-        described[binding.model] = describe_model(binding.model)
+        try:
+            described[binding.model] = describe_model(binding.model)
+        except (OSError, ValueError) as exc:  # files there, but not a model transformers reads
+            described[binding.model] = f"unreadable: {exc}"
     found = described[binding.model]
-    if found is None:
-        return {"family": binding.family, "model_files": "not on this machine"}
+    if found is None or isinstance(found, str):
+        files = found or "not on this machine"
+        return {"family": binding.family, "model_files": files}
     return {
         "family": found.family,
         "native_video": found.native_video,
