@@ -77,6 +77,48 @@ def test_inspect_image_of_a_missing_file_is_exit_2(
     assert "none.jpg" in capsys.readouterr().err
 
 
+def test_models_shows_family_native_video_and_image_budgets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlmserve.dummy import make_dummy_model
+
+    model = make_dummy_model(tmp_path / "m", "qwen3_vl", "tiny")
+    capsys.readouterr()
+    assert main(["models", "--model", str(model)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {row["family"] for row in rows} == {"qwen3_vl"}
+    assert all(row["native_video"] is True for row in rows)
+    low, high = rows[0]["image_edges"]
+    assert low < high
+    tokens = rows[0]["image_tokens_1024x768"]
+    assert 0 < tokens["low"] < tokens["high"]
+
+
+def test_models_without_the_model_files_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--model", "/srv/models/absent"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["model_files"] == "not on this machine" and row["family"] is None
+
+
+def test_each_catalogue_entry_can_bind_its_own_family(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(
+        '[[models]]\nid = "step-1v-8k"\ncontext_window = 8192\n'
+        '[models.binding]\nmodel = "/srv/gemma"\nfamily = "gemma3"\n'
+        '[[models]]\nid = "step-1o-turbo-vision"\ncontext_window = 32768\n'
+        'input_modalities = ["text", "image", "video"]\n'
+        '[models.binding]\nmodel = "/srv/qwen"\nfamily = "qwen2_5_vl"\n'
+    )
+    config = tmp_path / "vlmserve.toml"
+    config.write_text(f'[catalog]\nfile = "{catalogue}"\n')
+    assert main(["models", "--config", str(config)]) == 0
+    rows = {r["id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["step-1v-8k"]["family"] == "gemma3"
+    assert rows["step-1o-turbo-vision"]["family"] == "qwen2_5_vl"
+
+
 def test_keys_create_prints_the_key_once_and_list_never_shows_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

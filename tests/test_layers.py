@@ -15,6 +15,7 @@ ALLOWED: dict[str, set[str]] = {
         "settings",
         "dummy",
         "engine.local.counter",
+        "engine.local.describe",
         "engine.types",
         "media",
         "catalog",

@@ -189,6 +189,7 @@ def _models(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     catalog = catalog_from_settings(settings.catalog, settings.engine)
+    described: dict[str, Any] = {}
     for spec in catalog:
         row: dict[str, Any] = {
             "id": spec.id,
@@ -207,8 +208,31 @@ def _models(args: argparse.Namespace) -> int:
         if spec.binding.kind == "remote":
             row["upstreams"] = list(spec.binding.upstreams)
             row["upstream_model"] = spec.binding.upstream_model
+        row.update(_family_columns(spec.binding, described))
         print(json.dumps(row))
     return 0
+
+
+def _family_columns(binding: Any, described: dict[str, Any]) -> dict[str, Any]:
+    """Family, native video and image budgets of the binding's model, when its files are here
+    (one description per model); the binding's own ``family`` otherwise."""
+    from vlmserve.engine.local.describe import describe_model
+
+    if binding.model not in described:
+        try:
+            described[binding.model] = describe_model(binding.model)
+        except (OSError, ValueError) as exc:  # files there, but not a model transformers reads
+            described[binding.model] = f"unreadable: {exc}"
+    found = described[binding.model]
+    if found is None or isinstance(found, str):
+        files = found or "not on this machine"
+        return {"family": binding.family, "model_files": files}
+    return {
+        "family": found.family,
+        "native_video": found.native_video,
+        "image_edges": list(found.image_edges) if found.image_edges else None,
+        "image_tokens_1024x768": found.image_tokens,
+    }
 
 
 def _make_dummy_model(args: argparse.Namespace) -> int:

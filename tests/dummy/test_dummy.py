@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from vlmserve.dummy import FAMILIES, FAMILY_SHAPES, SHAPES, make_dummy_model
-from vlmserve.dummy.build import disk_size
-from vlmserve.dummy.shapes import IDEFICS3_SHAPES, QWEN2_VL_SHAPES, SHAPES_BY_FAMILY
+from vlmserve.dummy.build import SHAPES_BY_FAMILY, disk_size
+from vlmserve.dummy.shapes import IDEFICS3_SHAPES, QWEN2_VL_SHAPES
 
 TWO_TURNS = [
     {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
@@ -25,7 +25,23 @@ TWO_TURNS = [
     {"role": "assistant", "content": [{"type": "text", "text": "A red square."}]},
     {"role": "user", "content": [{"type": "text", "text": "Are you sure? 你好 🙂"}]},
 ]
-IMAGE_TOKEN = {"idefics3": "<image>", "qwen2_vl": "<|image_pad|>"}
+IMAGE_TOKEN = {
+    "idefics3": "<image>",
+    "smolvlm": "<image>",
+    "qwen2_vl": "<|image_pad|>",
+    "qwen2_5_vl": "<|image_pad|>",
+    "qwen3_vl": "<|image_pad|>",
+    "internvl": "<IMG_CONTEXT>",
+    "llava_onevision": "<image>",
+    "gemma3": "<image_soft_token>",  # the template's <start_of_image>, expanded by the processor
+}
+NFC_NORMALIZING = {  # Qwen2Tokenizer normalizes; byte-level and Gemma BPE keep the text
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "internvl",
+    "llava_onevision",
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +63,14 @@ def test_families_and_shapes_are_published() -> None:
     assert {"tiny", "smolvlm-256m", "qwen2-vl-2b"} <= set(SHAPES)
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_model_generates_from_a_two_turn_chat_with_an_image(
     tiny_dirs: dict[str, Path], family: str
 ) -> None:
     processor = _processor(tiny_dirs[family])
     model = AutoModelForImageTextToText.from_pretrained(tiny_dirs[family])
     text = processor.apply_chat_template(TWO_TURNS, add_generation_prompt=True, tokenize=False)
-    assert text.count(IMAGE_TOKEN[family]) == 1
+    assert text.count(processor.image_token) == 1
     assert "Answer briefly." in text and "A red square." in text
     inputs = processor(text=text, images=[_image()], return_tensors="pt")
     image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN[family])
@@ -67,7 +83,7 @@ def test_tiny_model_generates_from_a_two_turn_chat_with_an_image(
     assert out.shape[1] == inputs["input_ids"].shape[1] + 5
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_model_stays_tiny(tiny_dirs: dict[str, Path], family: str) -> None:
     assert disk_size(tiny_dirs[family]) < 8_000_000
 
@@ -93,13 +109,13 @@ def test_qwen2_vl_template_renders_video_parts(tiny_dirs: dict[str, Path]) -> No
     assert text.endswith("<|im_start|>assistant\n")
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_context_window_allows_long_prompts(tiny_dirs: dict[str, Path], family: str) -> None:
     model = AutoModelForImageTextToText.from_pretrained(tiny_dirs[family])
     assert model.config.text_config.max_position_embeddings >= 8192
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tokenizer_round_trips_unicode(tiny_dirs: dict[str, Path], family: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[family])
     text = "Hello, 世界! 这是一个测试。 Emoji: 🙂👍🏽🇫🇷 — naïve café\n\ttabs"
@@ -107,7 +123,7 @@ def test_tokenizer_round_trips_unicode(tiny_dirs: dict[str, Path], family: str) 
     assert tokenizer.decode(ids) == text
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tokenizer_round_trips_any_text(tiny_dirs: dict[str, Path], family: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[family])
 
@@ -116,13 +132,13 @@ def test_tokenizer_round_trips_any_text(tiny_dirs: dict[str, Path], family: str)
     @given(st.text(max_size=40))
     def round_trips(text: str) -> None:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        expected = unicodedata.normalize("NFC", text) if family == "qwen2_vl" else text
+        expected = unicodedata.normalize("NFC", text) if family in NFC_NORMALIZING else text
         assert tokenizer.decode(ids) == expected
 
     round_trips()
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_token_id_decodes(tiny_dirs: dict[str, Path], family: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[family])
     model = AutoModelForImageTextToText.from_pretrained(tiny_dirs[family])
@@ -131,14 +147,17 @@ def test_every_token_id_decodes(tiny_dirs: dict[str, Path], family: str) -> None
     assert all(tokenizer.convert_ids_to_tokens(i) for i in range(vocab_size))
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_eos_is_a_token_generation_can_stop_on(tiny_dirs: dict[str, Path], family: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[family])
     model = AutoModelForImageTextToText.from_pretrained(tiny_dirs[family])
     eos = model.generation_config.eos_token_id
     eos_ids = eos if isinstance(eos, list) else [eos]
     assert tokenizer.eos_token_id in eos_ids
-    assert tokenizer.eos_token in {"<end_of_utterance>", "<|im_end|>"}
+    # Gemma's tokenizer says <eos>; its generation_config adds <end_of_turn>, which ends a turn
+    assert tokenizer.eos_token in {"<end_of_utterance>", "<|im_end|>", "<eos>"}
+    turn_end = {"gemma3": "<end_of_turn>"}.get(family, tokenizer.eos_token)
+    assert tokenizer.convert_tokens_to_ids(turn_end) in eos_ids
 
 
 def test_idefics3_tokenizer_has_the_tile_tokens(tiny_dirs: dict[str, Path]) -> None:

@@ -18,6 +18,9 @@ class EngineBinding:
     device: str = "auto"
     upstreams: tuple[str, ...] = ()  # remote only: replica base URLs
     upstream_model: str | None = None  # remote only: the model name the replicas know
+    # The model family (transformers ``model_type``: "qwen2_5_vl", "gemma3", ...) the model must
+    # be; loading refuses another. None: whatever the model's config says.
+    family: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,14 @@ import transformers
 from tokenizers import Tokenizer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from vlmserve.dummy import builders
 from vlmserve.dummy.families import FAMILY_BUILDERS, Family, TokenizerFiles
-from vlmserve.dummy.shapes import SHAPES_BY_FAMILY, Shape
+from vlmserve.dummy.shapes import SHAPES_BY_FAMILY as FIRST_SHAPES
 from vlmserve.dummy.tokenizer import build_tokenizer
+
+# The first two families live in families.py/shapes.py; later ones in builders/, one module each.
+SHAPES_BY_FAMILY: dict[str, dict[str, Any]] = {**FIRST_SHAPES, **builders.SHAPES}
+ALL_BUILDERS: dict[str, Family] = {**FAMILY_BUILDERS, **builders.BUILDERS}
 
 FAMILIES: tuple[str, ...] = tuple(SHAPES_BY_FAMILY)
 SHAPES: tuple[str, ...] = tuple(
@@ -46,7 +51,7 @@ def make_dummy_model(path: Path, family: str, shape: str = "tiny", *, seed: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        _write_model_dir(staging, FAMILY_BUILDERS[family], dims, seed)
+        _write_model_dir(staging, ALL_BUILDERS[family], dims, seed)
         if path.exists():
             path.rmdir()  # empty, checked above
         staging.rename(path)
@@ -55,7 +60,7 @@ def make_dummy_model(path: Path, family: str, shape: str = "tiny", *, seed: int 
     return path
 
 
-def resolve_shape(family: str, shape: str) -> Shape:
+def resolve_shape(family: str, shape: str) -> Any:
     if family not in SHAPES_BY_FAMILY:
         raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     shapes = SHAPES_BY_FAMILY[family]

@@ -34,7 +34,10 @@ from tokenizers import (
 
 from vlmserve.dummy.corpus import CORPUS
 
-Pipeline = Literal["gpt2", "qwen2"]
+Pipeline = Literal["gpt2", "qwen2", "gemma"]
+
+# Gemma's SentencePiece-style BPE: spaces become "▁", unknown bytes fall back to <0xNN> tokens.
+BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 
 # transformers' Qwen2Tokenizer split pattern (models/qwen2/tokenization_qwen2.py).
 QWEN2_PRETOKENIZE_REGEX = (
@@ -63,8 +66,17 @@ class TokenizerSpec:
 
 def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     vocab, merges = _train_bpe(spec)
-    _fill_vocab(vocab, spec.num_regular)
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    if spec.pipeline == "gemma":
+        for byte in BYTE_TOKENS:
+            vocab.setdefault(byte, len(vocab))
+    _fill_vocab(vocab, spec.num_regular, "▁" if spec.pipeline == "gemma" else "Ġ")
+    if spec.pipeline == "gemma":  # GemmaTokenizer's own model: byte fallback, fused unknowns
+        model = models.BPE(
+            vocab=vocab, merges=merges, fuse_unk=True, unk_token="<unk>", byte_fallback=True
+        )
+    else:
+        model = models.BPE(vocab=vocab, merges=merges, fuse_unk=False)
+    tokenizer = Tokenizer(model)
     _set_pipeline(tokenizer, spec.pipeline)
     leading = [AddedToken(t, special=True, normalized=False) for t in spec.leading_special]
     tokenizer.add_special_tokens(leading)
@@ -79,10 +91,11 @@ def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
 
 
 def _train_bpe(spec: TokenizerSpec) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    gemma = spec.pipeline == "gemma"
     trainer = trainers.BpeTrainer(
-        vocab_size=spec.num_regular,
+        vocab_size=spec.num_regular - (len(BYTE_TOKENS) if gemma else 0),
         special_tokens=list(spec.leading_special),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=[] if gemma else pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer = Tokenizer(models.BPE())
@@ -98,23 +111,33 @@ def _merge_pair(merge: str | list[str]) -> tuple[str, str]:
     return left, right
 
 
-def _fill_vocab(vocab: dict[str, int], size: int) -> None:
+def _fill_vocab(vocab: dict[str, int], size: int, space: str = "Ġ") -> None:
     """Pad the vocabulary with pseudo-words: unreachable by merges, but they decode to text."""
-    words = _pseudo_words()
+    words = _pseudo_words(space)
     while len(vocab) < size:
         word = next(words)
         if word not in vocab:
             vocab[word] = len(vocab)
 
 
-def _pseudo_words() -> Iterator[str]:
+def _pseudo_words(space: str = "Ġ") -> Iterator[str]:
+    """``space``: the symbol a leading space is written as ("Ġ" byte-level, "▁" SentencePiece)."""
     syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
     for length in itertools.count(1):
         for parts in itertools.product(syllables, repeat=length):
-            yield "Ġ" + "".join(parts)  # "Ġ" is the byte-level symbol for a leading space
+            yield space + "".join(parts)
 
 
 def _set_pipeline(tokenizer: Tokenizer, pipeline: Pipeline) -> None:
+    if pipeline == "gemma":  # transformers' GemmaTokenizer pipeline
+        tokenizer.normalizer = normalizers.Replace(" ", "▁")
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(
+            pattern=" ", behavior="merged_with_previous", invert=False
+        )
+        tokenizer.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        )
+        return
     tokenizer.decoder = decoders.ByteLevel()
     if pipeline == "gpt2":
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

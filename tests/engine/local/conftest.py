@@ -1,4 +1,4 @@
-"""Tiny dummy models of both families and running ``LocalEngine``s over them (built once)."""
+"""Tiny dummy models of every family and running ``LocalEngine``s over them (built once)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.local.helpers import FAMILIES, start_engine
+from vlmserve.dummy import FAMILIES as ALL_FAMILIES
 from vlmserve.dummy import make_dummy_model
 from vlmserve.engine.local import LocalEngine
 
@@ -16,7 +17,7 @@ from vlmserve.engine.local import LocalEngine
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("local-engine-models")
-    return {family: make_dummy_model(root / family, family, "tiny") for family in FAMILIES}
+    return {family: make_dummy_model(root / family, family, "tiny") for family in ALL_FAMILIES}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

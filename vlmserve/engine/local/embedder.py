@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from vlmserve.engine.local.encoder_cache import EncoderCache
-from vlmserve.engine.local.families import Family, Idefics3, Qwen2VL
+from vlmserve.engine.local.families import Family, Idefics3, Qwen2VL, Qwen3VL
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,15 +243,36 @@ class Qwen2VLEmbedder(Embedder):
         return [int(n) // merge**2 for n in grid.prod(-1).tolist()]
 
 
+class TextOnlyEmbedder(Embedder):
+    """Families whose media the engine cannot rebuild from embeddings (Qwen3-VL's DeepStack adds
+    vision features inside the decoder) or whose layout it does not know: text-only prompts use
+    the prefix cache; a prompt with media is prefilled whole, the model's own way."""
+
+    def layout(
+        self, inputs: dict[str, torch.Tensor], identities: tuple[str, ...]
+    ) -> tuple[MediaSlot, ...] | None:
+        return None if identities else ()
+
+    def _items(
+        self, inputs: dict[str, torch.Tensor], input_ids: torch.Tensor
+    ) -> list[tuple[str, list[int]]] | None:
+        return None
+
+    def _encode(
+        self, inputs: dict[str, torch.Tensor], every: list[MediaSlot], missing: list[MediaSlot]
+    ) -> list[torch.Tensor]:
+        raise AssertionError("a text-only layout has no media to encode")
+
+
 def embedder_for(
     family: Family, model: Any, processor: Any, encoder_cache: EncoderCache | None
 ) -> Embedder | None:
-    """The embedder of ``family``, or None where the engine does not know its media layout."""
+    """The embedder of ``family``: media-aware where the engine knows the layout."""
     if isinstance(family, Idefics3):
         return Idefics3Embedder(model, processor, encoder_cache)
-    if isinstance(family, Qwen2VL):
+    if isinstance(family, Qwen2VL) and not isinstance(family, Qwen3VL):
         return Qwen2VLEmbedder(model, encoder_cache)
-    return None
+    return TextOnlyEmbedder(model, encoder_cache)
 
 
 def _num_before(input_ids: torch.Tensor, slot: MediaSlot, token_id: int, start: int) -> int:

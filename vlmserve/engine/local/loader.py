@@ -52,6 +52,7 @@ def load_model(binding: EngineBinding, settings: EngineSettings) -> LoadedModel:
     log.info("loading %s on %s as %s", source, device, dtype)
     processor = AutoProcessor.from_pretrained(source)
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+    check_family(binding, model.config)
     model = model.to(device)  # type: ignore[arg-type]
     model.eval()
     return LoadedModel(
@@ -64,6 +65,16 @@ def load_model(binding: EngineBinding, settings: EngineSettings) -> LoadedModel:
         max_model_len=max_model_len(model.config),
         cache_kwarg=_cache_kwarg(model),
     )
+
+
+def check_family(binding: EngineBinding, config: Any) -> None:
+    """The catalogue may pin a binding to a family; a model of another family is refused."""
+    model_type = getattr(config, "model_type", "")
+    if binding.family is not None and model_type != binding.family:
+        raise ValueError(
+            f"the catalogue binds {binding.model} as family {binding.family!r}, but its "
+            f"config.json says model_type {model_type!r}; fix the binding's family or model"
+        )
 
 
 def resolve_device(name: str) -> torch.device:

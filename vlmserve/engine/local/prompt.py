@@ -26,7 +26,7 @@ from PIL import Image
 
 from vlmserve.engine.local.families import Family
 from vlmserve.engine.local.tool_format import tool_format_for
-from vlmserve.engine.types import MediaPart, Message, Prompt, PromptUsage, TextPart
+from vlmserve.engine.types import MediaInput, MediaPart, Message, Prompt, PromptUsage, TextPart
 from vlmserve.errors import InvalidRequestError
 
 _IMAGE, _VIDEO = 1, 2  # mm_token_type_ids values
@@ -56,9 +56,12 @@ class PromptPreparer:
     def prepare(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> PreparedPrompt:
         """``tools``: OpenAI function tools, rendered in the family's tool format."""
         images, videos = self._media(prompt)
-        outputs = self._process(self.render(prompt, tools), images, videos)
+        native = self._native_videos(prompt)
+        self.family.check_media(len(images), len(native))
+        outputs = self._process(self.render(prompt, tools), images, videos, native)
         token_ids = tuple(int(t) for t in outputs["input_ids"][0].tolist())
-        usage = _usage(token_ids, outputs, self.family, self._frames_as_images_tokens(prompt))
+        frame_tokens = self._frames_as_images_tokens(prompt) + self._videos_as_image_tokens(native)
+        usage = _usage(token_ids, outputs, self.family, frame_tokens)
         span = _media_span(outputs)
         if not self.family.uses_mm_token_type_ids:
             outputs.pop("mm_token_type_ids", None)
@@ -81,7 +84,11 @@ class PromptPreparer:
         return text
 
     def _process(
-        self, text: str, images: list[Image.Image], videos: list[list[Image.Image]]
+        self,
+        text: str,
+        images: list[Image.Image],
+        videos: list[list[Image.Image]],
+        video_items: list[MediaInput] | None = None,
     ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"return_tensors": "pt", "return_mm_token_type_ids": True}
         if images:
@@ -89,7 +96,7 @@ class PromptPreparer:
             kwargs.update(self.family.processor_kwargs())
         if videos:
             kwargs["videos"] = videos
-            kwargs.update(self.family.video_kwargs())
+            kwargs.update(self.family.video_inputs(video_items or []))
         try:
             return dict(self.processor(text=[text], **kwargs))
         except ValueError as exc:
@@ -110,6 +117,17 @@ class PromptPreparer:
             else:
                 images.extend(frames)
         return images, videos
+
+    def _native_videos(self, prompt: Prompt) -> list[MediaInput]:
+        if not self.family.native_video:
+            return []
+        items = [prompt.media[i] for i in _media_order(prompt)]
+        return [m for m in items if m.kind == "video"]
+
+    def _videos_as_image_tokens(self, videos: list[MediaInput]) -> int:
+        """Image-token ids that native videos expand to, in families whose processor writes a
+        video as pictures (SmolVLM2, InternVL): billed as video tokens."""
+        return sum(self.family.video_tokens(len(v.frames)) for v in videos)
 
     def _identities(self, prompt: Prompt) -> tuple[str, ...]:
         """One per item the processor sees, in prompt order: a video shown as frames is that
@@ -224,7 +242,7 @@ def _usage(
         image_tokens = int((types == _IMAGE).sum())
         video_tokens = int((types == _VIDEO).sum())
     else:
-        image_id = getattr(family.processor, "image_token_id", None)
+        image_id = family.image_token_id()
         ids = token_ids or tuple(int(t) for t in outputs["input_ids"][0].tolist())
         image_tokens = sum(1 for t in ids if t == image_id)
         video_tokens = 0

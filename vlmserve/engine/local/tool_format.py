@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlmserve.engine.local.families import Family, Qwen2VL
+from vlmserve.engine.local.families import Family
 from vlmserve.engine.types import ToolCall, ToolCallDelta
 
 _TOOLS_SECTION = """# Tools
@@ -123,7 +123,12 @@ class ToolFormat:
     ) -> list[dict[str, Any]]:
         section = self.tools_section(tools)
         if out and out[0]["role"] == "system":
-            first = {**out[0], "content": [*out[0]["content"], _text("\n\n" + section)]}
+            parts = out[0]["content"]
+            if all(p.get("type") == "text" for p in parts):
+                # one text part: some templates (Gemma 3) read only a system turn's first part
+                text = "".join(p["text"] for p in parts) + "\n\n" + section
+                return [{**out[0], "content": [_text(text)]}, *out[1:]]
+            first = {**out[0], "content": [*parts, _text("\n\n" + section)]}
             return [first, *out[1:]]
         text = f"{self.default_system}\n\n{section}" if self.default_system else section
         return [{"role": "system", "content": [_text(text)]}, *out]
@@ -134,7 +139,12 @@ HERMES_TOOLS = ToolFormat("hermes", default_system="")
 
 
 def tool_format_for(family: Family) -> ToolFormat:
-    return QWEN2_VL_TOOLS if isinstance(family, Qwen2VL) else HERMES_TOOLS
+    """Hermes for every family; a template's own default system text stays in front of the
+    tools section (Qwen2-VL and Qwen2.5-VL have one, Qwen3-VL's template does not)."""
+    system = family.default_system_prompt
+    if system == QWEN2_VL_TOOLS.default_system:
+        return QWEN2_VL_TOOLS
+    return HERMES_TOOLS if not system else ToolFormat("hermes", default_system=system)
 
 
 def new_call_id() -> str:

@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
+from vlmserve.engine.types import MediaInput
+
 FRAME_LABEL_TOKENS = 8  # "Frame at 12.5 s:" and the line break after the frame
 
 
@@ -21,6 +23,10 @@ class Family:
     # Does the processor take ``videos=[frames]`` (the model's own video format)? Otherwise a
     # video reaches the model as its frames, each an image after a "Frame at 1.0 s:" label.
     native_video: ClassVar[bool] = False
+    # The chat template's own default system text (written in front of an injected tools section).
+    default_system_prompt: ClassVar[str] = ""
+    # Real checkpoints this family serves (hub ids), for ``vlmserve models`` and docs/models.md.
+    checkpoints: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -45,6 +51,24 @@ class Family:
     def video_kwargs(self) -> dict[str, Any]:
         """Processor options for ``videos=`` (native video families): frames arrive sampled."""
         return {}
+
+    def video_inputs(self, videos: list[MediaInput]) -> dict[str, Any]:
+        """Processor options for these videos (native video families): ``video_kwargs`` plus,
+        for processors that read it, each video's ``VideoMetadata`` (fps and frame times)."""
+        return self.video_kwargs()
+
+    def image_token_id(self) -> int | None:
+        """The id billed as an image token when the processor gives no ``mm_token_type_ids``."""
+        value = getattr(self.processor, "image_token_id", None)
+        return value if isinstance(value, int) else None
+
+    def check_media(self, num_images: int, num_videos: int) -> None:
+        """Raise ``CapabilityError`` for a mix of media this family's processor cannot take."""
+
+    def video_tokens(self, num_frames: int) -> int:
+        """Image-token ids a native video of ``num_frames`` frames expands to, for processors
+        that write a video as pictures (they are billed as video tokens); 0: it has its own."""
+        return 0
 
     def image_edges(self) -> tuple[int, int] | None:
         """(low, high) longest-edge budgets for detail=low/high; None: leave images as they are."""
@@ -86,3 +110,21 @@ def edge(size: Any) -> int:
     if not value:
         raise ValueError(f"the image processor's size {size!r} has no longest_edge")
     return int(value)
+
+
+def video_metadata(video: MediaInput) -> Any:
+    """transformers' ``VideoMetadata`` of sampled frames: frame ``i`` at ``timestamps[i]``
+    seconds, expressed as indices into a stream at the sampled rate (what processors read)."""
+    from transformers.video_utils import VideoMetadata
+
+    times = list(video.timestamps) or [float(i) for i in range(len(video.frames))]
+    fps = video.fps or (len(times) / max(times[-1], 1.0) if len(times) > 1 else 1.0)
+    width, height = video.frames[0].size
+    return VideoMetadata(
+        total_num_frames=max(round(times[-1] * fps) + 1, len(times)),
+        fps=fps,
+        width=width,
+        height=height,
+        duration=times[-1] + 1 / fps,
+        frames_indices=[round(t * fps) for t in times],
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -19,7 +19,12 @@ class Idefics3(Family):
     size ``media`` chose (one tile for detail=low) decides the tile count.
     """
 
-    model_types = ("idefics3", "smolvlm")
+    model_types: ClassVar[tuple[str, ...]] = ("idefics3",)
+    checkpoints: ClassVar[tuple[str, ...]] = (
+        "HuggingFaceTB/SmolVLM-256M-Instruct",
+        "HuggingFaceTB/SmolVLM-500M-Instruct",
+        "HuggingFaceTB/SmolVLM-Instruct",
+    )
 
     def nest_images(self, images: list[Image.Image]) -> Any:
         return [images]

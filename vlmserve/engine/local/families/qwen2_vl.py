@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -18,9 +18,14 @@ class Qwen2VL(Family):
     what ``min_pixels``/``max_pixels`` allow. Both are multiples of patch_size * merge_size.
     """
 
-    model_types = ("qwen2_vl",)
+    model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl",)
     uses_mm_token_type_ids = True
     native_video = True
+    default_system_prompt = "You are a helpful assistant."
+    checkpoints: ClassVar[tuple[str, ...]] = (
+        "Qwen/Qwen2-VL-2B-Instruct",
+        "Qwen/Qwen2-VL-7B-Instruct",
+    )
 
     def video_kwargs(self) -> dict[str, Any]:
         return {"do_sample_frames": False}
@@ -67,8 +72,13 @@ class Qwen2VL(Family):
             mm_token_type_ids=types,
             image_grid_thw=grid,
             video_grid_thw=video_grid,
+            **self.rope_index_kwargs(inputs),
         )
         return positions, int(deltas.view(-1)[0].item())
+
+    def rope_index_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Further inputs the model's own ``get_rope_index`` reads (Qwen2.5-VL: video timing)."""
+        return {}
 
     def decode_positions(self, positions: torch.Tensor) -> torch.Tensor:
         # a text token after the prompt: the three M-RoPE axes share its position
