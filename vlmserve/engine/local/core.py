@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from vlmserve.engine.local.model_runner import ModelRunner
@@ -112,22 +113,61 @@ class EngineCore:
         return True
 
     def step(self) -> None:
-        seqs, is_prefill = self.scheduler.schedule()
-        for seq in seqs:
-            try:
-                self._run(seq, is_prefill)
-            except Exception as exc:  # one request's failure must not stop the thread
-                log.exception("request %s failed in the engine", seq.request_id)
-                self._finish(seq)
-                seq.fail(_internal(exc))
-            seq.publish()
+        plan = self.scheduler.schedule()
+        for seq in plan.preempted:
+            self.runner.preempt(seq)
+        if plan.decode:
+            self._decode()
+        for seq, budget in plan.prefill:
+            if not seq.is_finished:
+                self._guarded(seq, partial(self._prefill, seq, budget))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "step: decode %d seqs (%s); prefill %d tokens of %d seqs; preempted %d; "
+                "running %d, waiting %d; kv %.1f MiB",
+                len(plan.decode),
+                self.runner.describe(),
+                sum(b for _, b in plan.prefill),
+                len(plan.prefill),
+                len(plan.preempted),
+                len(self.scheduler.running),
+                self.scheduler.num_waiting,
+                self.runner.kv_bytes() / 2**20,
+            )
 
-    def _run(self, seq: Sequence, is_prefill: bool) -> None:
-        if is_prefill:
-            tokens = self.runner.prefill(seq)
-            seq.start()
-        else:
-            tokens = self.runner.decode(seq)
+    def _decode(self) -> None:
+        results = self.runner.decode()
+        for seq in list(self.scheduler.running):
+            result = results.get(seq.seq_id)
+            if result is None:
+                continue
+            if isinstance(result, Exception):
+                log.error("request %s failed in the engine: %r", seq.request_id, result)
+                self._finish(seq)
+                seq.fail(_internal(result))
+                seq.publish()
+                continue
+            self._guarded(seq, partial(self._append, seq, result))
+
+    def _prefill(self, seq: Sequence, budget: int) -> None:
+        _, tokens = self.runner.prefill(seq, budget)
+        if tokens is None:  # more chunks to go
+            return
+        seq.start()  # once: a resumed sequence started before
+        if tokens:
+            self._append(seq, tokens)
+
+    def _guarded(self, seq: Sequence, work: Callable[[], None]) -> None:
+        """Run one sequence's part of the step; its failure fails that sequence only."""
+        try:
+            work()
+        except Exception as exc:  # one request's failure must not stop the thread
+            log.exception("request %s failed in the engine", seq.request_id)
+            self._finish(seq)
+            seq.fail(_internal(exc))
+        seq.publish()
+
+    def _append(self, seq: Sequence, tokens: dict[int, int]) -> None:
         finished = set()
         for index, token in tokens.items():
             seq.append_token(index, token, token in self.runner.eos_token_ids)

@@ -19,7 +19,7 @@ from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.local.core import EngineCore
 from vlmserve.engine.local.grammar import GrammarProcessor, Grammars, grammar_spec, uses_tools
 from vlmserve.engine.local.loader import LoadedModel, load_model
-from vlmserve.engine.local.model_runner import ModelRunner
+from vlmserve.engine.local.model_runner import ModelRunner, default_kv_bytes
 from vlmserve.engine.local.prefix_cache import PrefixCache
 from vlmserve.engine.local.prompt import PreparedPrompt, PromptPreparer
 from vlmserve.engine.local.scheduler import Scheduler
@@ -50,11 +50,11 @@ State = Literal["idle", "loading", "ready", "failed", "closed"]
 
 class LocalEngine:
     def __init__(
-        self, binding: EngineBinding, settings: EngineSettings, *, max_num_seqs: int = 1
+        self, binding: EngineBinding, settings: EngineSettings, *, max_num_seqs: int | None = None
     ) -> None:
         self.binding = binding
         self.settings = settings
-        self.max_num_seqs = max_num_seqs
+        self.max_num_seqs = max_num_seqs or settings.max_num_seqs
         self._state: State = "idle"
         self._detail = "not started"
         self._lock = threading.Lock()
@@ -65,6 +65,7 @@ class LocalEngine:
         self._num_preparing = 0
         self._preparing_ids: dict[str, int] = {}  # request id → how many are being prepared
         self._early_aborts: set[str] = set()  # aborted while being prepared
+        self._kv_max_bytes = 0
 
     async def start(self) -> None:
         with self._lock:
@@ -133,15 +134,21 @@ class LocalEngine:
         loaded = self._loaded
         if loaded is None:
             return EngineHealth(ready=False, detail=self._detail)
+        core = self._core
+        scheduler = core.scheduler if core else None
         return EngineHealth(
             ready=self._state == "ready",
             detail=self._detail,
             max_model_len=loaded.max_model_len,
             image_edges=loaded.family.image_edges(),
             video_frame_tokens=loaded.family.video_frame_tokens(),
-            num_running=len(self._core.scheduler.running) if self._core else 0,
-            num_waiting=self._core.num_waiting if self._core else 0,
-            prompt_cache=self._core.runner.prompt_cache_stats() if self._core else None,
+            num_running=len(scheduler.running) if scheduler else 0,
+            num_waiting=core.num_waiting + self._num_preparing if core else 0,
+            num_preempted=scheduler.num_preempted if scheduler else 0,
+            num_preemptions=scheduler.num_preemptions if scheduler else 0,
+            kv_cache_bytes=core.runner.kv_bytes() if core else 0,
+            kv_cache_max_bytes=self._kv_max_bytes,
+            prompt_cache=core.runner.prompt_cache_stats() if core else None,
         )
 
     def _ready(self) -> tuple[EngineCore, LoadedModel]:
@@ -204,9 +211,15 @@ class LocalEngine:
             loaded = load_model(self.binding, self.settings)
             preparer = PromptPreparer(loaded.processor, loaded.family)
             grammars = Grammars(loaded.tokenizer, _vocab_size(loaded), loaded.eos_token_ids)
-            core = EngineCore(
-                ModelRunner(loaded, self._prefix_cache(loaded)), Scheduler(self.max_num_seqs)
+            runner = ModelRunner(loaded, self._prefix_cache(loaded))
+            kv_bytes = self.settings.kv_cache_bytes or default_kv_bytes(loaded.device)
+            scheduler = Scheduler(
+                self.max_num_seqs,
+                self.settings.max_num_batched_tokens,
+                kv_bytes // runner.kv_bytes_per_token,
             )
+            core = EngineCore(runner, scheduler)
+            self._kv_max_bytes = kv_bytes
         except Exception as exc:
             log.exception("failed to load %s", self.binding.model)
             with self._lock:

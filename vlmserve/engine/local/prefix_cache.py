@@ -79,12 +79,16 @@ class PrefixCache:
 
         return DynamicCache(config=self.model.config)
 
-    def plan(self, seq: Sequence, inputs: dict[str, torch.Tensor]) -> Prefill | None:
-        """How to prefill ``seq`` (``inputs`` on the device), or None: the model's own way."""
+    def plan(
+        self, seq: Sequence, inputs: dict[str, torch.Tensor], *, record: bool = True
+    ) -> Prefill | None:
+        """How to prefill ``seq`` (``inputs`` on the device), or None: the model's own way.
+        ``record``: count it in the hit rates (not when a preempted sequence is recomputed)."""
         token_ids = seq.prompt.token_ids
         slots = self.embedder.layout(inputs, seq.prompt.media_identities) if self.embedder else None
         if slots is None:
-            self.blocks.record(len(token_ids), 0)
+            if record:
+                self.blocks.record(len(token_ids), 0)
             return None
         keys: list[bytes] = []
         if self.reuses_kv:
@@ -101,7 +105,8 @@ class PrefixCache:
             fill(cache, blocks)
         assert self.embedder is not None
         embeds, num_encoded, num_hits = self.embedder.embed(inputs, slots, start)
-        self.blocks.record(len(token_ids), start)
+        if record:
+            self.blocks.record(len(token_ids), start)
         return Prefill(start, cache, embeds, keys, blocks, num_encoded, num_hits)
 
     def commit(self, seq: Sequence, plan: Prefill) -> None:
