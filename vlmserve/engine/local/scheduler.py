@@ -66,7 +66,10 @@ class Scheduler:
         plan = Plan()
         self._preempt(plan)
         plan.decode = [s for s in self.running if s.is_prefilled]
-        budget = max(self.max_num_batched_tokens - plan.num_decode_rows, MIN_PREFILL_CHUNK)
+        budget = max(
+            self.max_num_batched_tokens - plan.num_decode_rows,
+            min(MIN_PREFILL_CHUNK, self.max_num_batched_tokens),
+        )
         for seq in self.running:
             if budget <= 0:
                 return plan
