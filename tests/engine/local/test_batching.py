@@ -7,6 +7,7 @@ near-tie), so greedy tokens alone and in a batch must be equal and the logits of
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -321,3 +322,33 @@ def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_output(
 
 def _num_running(engine: LocalEngine) -> int:
     return len(engine._core.scheduler.running) if engine._core else 0
+
+
+def test_a_prompt_being_prepared_does_not_stall_running_streams(batching: LocalEngine) -> None:
+    preparer = batching._preparer
+    assert preparer is not None
+    prepare, release = preparer.prepare, threading.Event()
+    stalled = []
+
+    def slow_prepare(prompt: Prompt, *args: Any) -> Any:
+        if prompt.media:  # the newcomer's picture: held until the running stream is done
+            stalled.append(not release.wait(10))  # on the step thread it would wait in vain
+        return prepare(prompt, *args)
+
+    async def scenario() -> tuple[Result, Result]:
+        running = asyncio.create_task(collect(batching, request(request_id="run", max_tokens=30)))
+        await until(lambda: _num_running(batching) == 1)
+        newcomer = asyncio.create_task(collect(batching, request(image_prompt(), "new")))
+        done = await running  # finishes while the newcomer's prompt is still being prepared
+        release.set()
+        return done, await newcomer
+
+    preparer.prepare = slow_prepare  # type: ignore[method-assign]
+    try:
+        done, newcomer = asyncio.run(scenario())
+    finally:
+        preparer.prepare = prepare  # type: ignore[method-assign]
+        release.set()
+    assert stalled == [False]
+    assert done.finished == {0: FinishReason.LENGTH}
+    assert newcomer.finished == {0: FinishReason.LENGTH}

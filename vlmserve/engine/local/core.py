@@ -4,9 +4,8 @@ Each step is schedule → run → postprocess. The event loop talks to it throug
 sequences, aborts, jobs) read between steps, so an abort takes effect within one decoding step. A
 failure inside one sequence's step fails that sequence only; the thread goes on serving.
 
-Jobs (prompt preparation: the processor's image transforms are torch ops) run here too, between
-steps. A second thread running torch ops would own a second OpenMP team; libgomp then has more
-threads than cores and stops spin-waiting, which made every decode step ~1.6x slower on CPU.
+Jobs (one-off work on the model's tokenizer, such as grammar preparation) run here too, between
+steps. Prompt preparation does not: it runs in prep_pool.py's thread, beside the steps.
 """
 
 from __future__ import annotations

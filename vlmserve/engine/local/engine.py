@@ -1,15 +1,16 @@
 """``LocalEngine``: the async ``EngineClient`` over an embedded transformers model.
 
 The event loop never runs model code: loading runs in a background thread; prompt preparation
-(chat template + processor) and generation run on the step thread of ``EngineCore`` (one thread
-for all torch work, see core.py). Events come back through an asyncio queue fed with
-``call_soon_threadsafe``.
+(chat template + processor) runs in its own single-threaded pool (prep_pool.py) beside the step
+thread of ``EngineCore``, which runs the model (see core.py). Events come back through an
+asyncio queue fed with ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from vlmserve.engine.local.grammar import GrammarProcessor, Grammars, grammar_sp
 from vlmserve.engine.local.loader import LoadedModel, load_model
 from vlmserve.engine.local.model_runner import ModelRunner, default_kv_bytes
 from vlmserve.engine.local.prefix_cache import PrefixCache
+from vlmserve.engine.local.prep_pool import prep_pool
 from vlmserve.engine.local.prompt import PreparedPrompt, PromptPreparer
 from vlmserve.engine.local.scheduler import Scheduler
 from vlmserve.engine.local.sequence import Item, Sequence
@@ -66,6 +68,7 @@ class LocalEngine:
         self._preparing_ids: dict[str, int] = {}  # request id → how many are being prepared
         self._early_aborts: set[str] = set()  # aborted while being prepared
         self._kv_max_bytes = 0
+        self._pool = prep_pool()
 
     async def start(self) -> None:
         with self._lock:
@@ -80,6 +83,7 @@ class LocalEngine:
                 return
             self._state, self._detail = "closed", "closed"
             core, self._core, self._loaded, self._preparer = self._core, None, None, None
+        self._pool.shutdown(wait=False, cancel_futures=True)
         if core is not None:
             await asyncio.to_thread(core.close)
 
@@ -87,12 +91,12 @@ class LocalEngine:
         # Errors raise from the first ``__anext__``, before any event.
         core, loaded = self._ready()
         if self._num_preparing + core.num_waiting >= self.settings.max_queue:
-            raise OverloadedError(
-                f"The engine has {self.settings.max_queue} requests waiting; retry later."
-            )
+            raise _queue_full(self.settings.max_queue)
         _check_sampling(request.sampling)
         grammar = await self._grammar(request, core)  # a schema it cannot compile fails first
         prepared, aborted = await self._prepare_request(request)
+        if core.num_waiting >= self.settings.max_queue:  # it filled while this one was prepared
+            raise _queue_full(self.settings.max_queue)
         max_new_tokens = _budget(prepared, request, loaded.max_model_len)
         if aborted:
             yield Started(prepared.usage)
@@ -184,10 +188,8 @@ class LocalEngine:
             raise OverloadedError(f"The model is not available: {self._detail}")
         self._num_preparing += 1
         try:
-            prepared: PreparedPrompt = await asyncio.wrap_future(
-                core.call(lambda: preparer.prepare(prompt, tools))
-            )
-            return prepared
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, preparer.prepare, prompt, tools)
         finally:
             self._num_preparing -= 1
 
@@ -209,7 +211,9 @@ class LocalEngine:
     def _load(self) -> None:
         try:
             loaded = load_model(self.binding, self.settings)
-            preparer = PromptPreparer(loaded.processor, loaded.family)
+            # Its own processor: HF fast tokenizers must not be used from two threads at once
+            # (the step thread detokenizes with the model's).
+            preparer = PromptPreparer(copy.deepcopy(loaded.processor), loaded.family)
             grammars = Grammars(loaded.tokenizer, _vocab_size(loaded), loaded.eos_token_ids)
             runner = ModelRunner(loaded, self._prefix_cache(loaded))
             kv_bytes = self.settings.kv_cache_bytes or default_kv_bytes(loaded.device)
@@ -270,6 +274,12 @@ class _Channel:
 def _vocab_size(loaded: LoadedModel) -> int:
     """The width of the model's logits (the grammar's token masks are as wide)."""
     return int(loaded.model.config.get_text_config(decoder=True).vocab_size)
+
+
+def _queue_full(max_queue: int) -> OverloadedError:
+    error = OverloadedError(f"The engine has {max_queue} requests waiting; retry later.")
+    error.retry_after_s = 1.0
+    return error
 
 
 def _check_sampling(params: SamplingParams) -> None:
