@@ -7,11 +7,13 @@ model's dimensions so that compute and memory match it; only the weights are ran
 
 - ``smolvlm-256m`` (idefics3): HuggingFaceTB/SmolVLM-256M-Instruct.
 - ``qwen2-vl-2b`` (qwen2_vl): Qwen/Qwen2-VL-2B-Instruct.
+- ``tiny-h32`` (every family): ``tiny`` with 32-wide attention heads (``tiny``'s are 16), the
+  smallest that vLLM's CPU attention accepts; for the tests against a real vLLM replica.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,17 @@ QWEN2_VL_SHAPES: dict[str, Qwen2VLShape] = {
         dtype="bfloat16",
     ),
 }
+
+# vLLM's CPU attention refuses head_dim 16: the same tiny models with two 32-wide heads.
+IDEFICS3_SHAPES["tiny-h32"] = replace(
+    IDEFICS3_SHAPES["tiny"],
+    text=replace(IDEFICS3_SHAPES["tiny"].text, num_attention_heads=2, num_key_value_heads=1),
+)
+QWEN2_VL_SHAPES["tiny-h32"] = replace(
+    QWEN2_VL_SHAPES["tiny"],
+    text=replace(QWEN2_VL_SHAPES["tiny"].text, num_attention_heads=2, num_key_value_heads=1),
+    mrope_section=(4, 6, 6),  # sums to head_dim / 2 = 16
+)
 
 SHAPES_BY_FAMILY: dict[str, dict[str, Idefics3Shape] | dict[str, Qwen2VLShape]] = {
     "idefics3": IDEFICS3_SHAPES,
