@@ -387,7 +387,8 @@ def table(gen: dict[str, Any], results: dict[str, dict[str, Any]], command: str)
         v, o = results["vlmserve"], results["vLLM-CPU"]
         lines.append(
             "- vlmserve / vLLM-CPU: aggregate at 8 "
-            f"{v['8']['aggregate'] / o['8']['aggregate']:.2f}x, single stream {v['1']['per_stream'] / o['1']['per_stream']:.2f}x, TTFT at 8 "
+            f"{v['8']['aggregate'] / o['8']['aggregate']:.2f}x, single stream "
+            f"{v['1']['per_stream'] / o['1']['per_stream']:.2f}x, TTFT at 8 "
             f"{v['8']['ttft'] / o['8']['ttft']:.2f}x."
         )
     for n in names:
