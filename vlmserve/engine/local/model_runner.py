@@ -4,8 +4,11 @@ sampling, and the KV of every running sequence. Makes no scheduling decisions.
 Prefill runs per sequence (batch 1) into the sequence's own ``DynamicCache``, in chunks of at most
 the token budget the scheduler hands out when the prompt's embeddings are known (the prompt-cache
 path: ``inputs_embeds`` built by prefix_cache.py, cached vision features and prefix KV included);
-otherwise the prompt goes in one forward, the model's own way. A finished prefill's cache is
-repeated once per choice (``n`` choices cost one prefill) and *joins* a decode group.
+otherwise the prompt goes in one forward, the model's own way. On the embeddings path the media
+the prompt still needs are encoded first, one unit per step (an image, or one tile for tiling
+families: embedder.py), so a big picture never holds the decode rows for more than one unit.
+A finished prefill's cache is repeated once per choice (``n`` choices cost one prefill) and
+*joins* a decode group.
 
 A decode group is one ``DynamicCache`` holding the rows of many sequences, left-padded to a
 common length, decoded in one forward with a 2-D attention mask (zeros over each row's padding)
@@ -33,6 +36,7 @@ from typing import Any
 import torch
 
 from vlmserve.engine.local.block_manager import supports
+from vlmserve.engine.local.embedder import MediaSlot
 from vlmserve.engine.local.loader import LoadedModel
 from vlmserve.engine.local.prefix_cache import Prefill, PrefixCache
 from vlmserve.engine.local.sampler import apply_penalties, make_generator, sample
@@ -50,8 +54,9 @@ class _Prompt:
     positions: torch.Tensor  # of the whole prompt
     cache: Any
     start: int  # prompt tokens the cache holds
-    embeds: torch.Tensor | None  # inputs_embeds of tokens [plan.start:]; None: one forward
-    plan: Prefill | None
+    plan: Prefill | None  # None: the prompt goes in one forward, the model's own way
+    units: list[tuple[MediaSlot, int]] = field(default_factory=list)  # vision units to encode
+    parts: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # their features so far
 
 
 @dataclass(slots=True, eq=False)
@@ -112,16 +117,28 @@ class ModelRunner:
         state = self._states.get(seq.seq_id) or self._begin(seq)
         prompt = state.prompt
         assert prompt is not None
+        if prompt.units:  # one vision-encoding unit per step, between decode steps
+            self._encode_unit(prompt)
+            return 0, None
         total = seq.prompt.num_tokens
-        if prompt.embeds is None:
+        plan = prompt.plan
+        if plan is None:
             logits = self._forward(prompt.inputs, prompt.positions, prompt.cache)
             computed = total
         else:
-            assert prompt.plan is not None
+            embeds = plan.inputs_embeds
+            if embeds is None:
+                assert self.prefix_cache is not None
+                encoded = {key: torch.cat(parts) for key, parts in prompt.parts.items()}
+                embeds = self.prefix_cache.embed(plan, prompt.inputs, encoded)
+                prompt.parts.clear()
             end = total if budget >= total - prompt.start else prompt.start + max(1, budget)
-            lo, hi = prompt.start - prompt.plan.start, end - prompt.plan.start
-            embeds = {"inputs_embeds": prompt.embeds[:, lo:hi]}
-            logits = self._forward(embeds, prompt.positions[..., prompt.start : end], prompt.cache)
+            lo, hi = prompt.start - plan.start, end - plan.start
+            logits = self._forward(
+                {"inputs_embeds": embeds[:, lo:hi]},
+                prompt.positions[..., prompt.start : end],
+                prompt.cache,
+            )
             computed = end - prompt.start
         prompt.start += computed
         seq.num_computed_tokens = prompt.start
@@ -151,15 +168,25 @@ class ModelRunner:
         fresh = seq.num_preemptions == 0
         plan = self.prefix_cache.plan(seq, inputs, record=fresh) if self.prefix_cache else None
         if plan is None:
-            prompt = _Prompt(inputs, positions, self._new_cache(), 0, None, None)
+            prompt = _Prompt(inputs, positions, self._new_cache(), 0, None)
         else:
-            prompt = _Prompt(inputs, positions, plan.cache, plan.start, plan.inputs_embeds, plan)
+            prompt = _Prompt(inputs, positions, plan.cache, plan.start, plan)
+            assert self.prefix_cache is not None and self.prefix_cache.embedder is not None
+            prompt.units = self.prefix_cache.embedder.units(plan.slots, plan.start)
             if fresh:
                 seq.num_cached_tokens = plan.start
         state = _State(seq, [], rope_delta, make_generator(seq.sampling.seed, self.device))
         state.prompt = prompt
         self._states[seq.seq_id] = state
         return state
+
+    def _encode_unit(self, prompt: _Prompt) -> None:
+        assert prompt.plan is not None and self.prefix_cache is not None
+        embedder = self.prefix_cache.embedder
+        assert embedder is not None
+        slot, unit = prompt.units.pop(0)
+        features = embedder.encode_unit(prompt.inputs, prompt.plan.slots, slot, unit)
+        prompt.parts.setdefault(slot.identity, []).append(features)
 
     def _resume(self, state: _State, cache: Any) -> None:
         """After a preemption: feed the live choices' generated tokens (but the last, which is
