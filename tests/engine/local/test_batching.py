@@ -352,3 +352,43 @@ def test_a_prompt_being_prepared_does_not_stall_running_streams(batching: LocalE
     assert stalled == [False]
     assert done.finished == {0: FinishReason.LENGTH}
     assert newcomer.finished == {0: FinishReason.LENGTH}
+
+
+def test_a_big_picture_is_encoded_one_tile_per_step_between_decode_steps(
+    tiny_models: dict[str, Path],
+) -> None:
+    engine = decisive(tiny_models["idefics3"], max_num_seqs=4)
+    assert engine._core is not None and engine._core.runner.prefix_cache is not None
+    runner, embedder = engine._core.runner, engine._core.runner.prefix_cache.embedder
+    assert embedder is not None
+    trace: list[str] = []
+    encode_unit, decode_forward = embedder.encode_unit, runner._decode_forward
+
+    def unit(*args: Any) -> torch.Tensor:
+        trace.append("unit")
+        return encode_unit(*args)
+
+    def decode(group: Any) -> torch.Tensor:
+        trace.append("decode")
+        return decode_forward(group)
+
+    embedder.encode_unit = unit  # type: ignore[method-assign]
+    runner._decode_forward = decode  # type: ignore[method-assign]
+    big = Prompt((Message("user", (TextPart("Look"), MediaPart(0))),), media(image(900, 700, 5)))
+
+    async def scenario() -> Result:
+        running = asyncio.create_task(collect(engine, request(request_id="run", max_tokens=200)))
+        await until(lambda: "decode" in trace)
+        result = await collect(engine, request(big, "big", max_tokens=2))
+        await engine.abort("run")
+        await running
+        return result
+
+    try:
+        result = asyncio.run(scenario())
+    finally:
+        asyncio.run(engine.close())
+    assert result.finished == {0: FinishReason.LENGTH}
+    units = [i for i, what in enumerate(trace) if what == "unit"]
+    assert len(units) > 2  # tiles and the global view, one each
+    assert all(trace[i + 1] == "decode" for i in units)  # the stream went on between them
