@@ -379,14 +379,15 @@ class ModelRunner:
         return len(self._states)
 
     def kv_bytes(self) -> int:
-        """Bytes the decode groups' caches hold now, padding included."""
+        """Bytes the decode groups' caches hold now, padding included (read from any thread:
+        a snapshot of what the step thread may be changing)."""
         total = 0
-        for group in self._groups:
-            if group.cache is not None:
-                total += sum(
-                    layer.keys.numel() * layer.keys.element_size() * 2
-                    for layer in group.cache.layers
-                )
+        for group in list(self._groups):
+            cache = group.cache
+            if cache is not None:
+                for layer in list(cache.layers):
+                    keys = layer.keys
+                    total += 2 * keys.numel() * keys.element_size()
         return total
 
     def describe(self) -> str:

@@ -46,15 +46,12 @@ class Scheduler:
         self.kv_tokens = kv_tokens  # None: unbounded
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
-        self.num_preemptions = 0
+        self.num_preemptions = 0  # in all
+        self.num_preempted = 0  # preempted sequences waiting now (as of the last schedule)
 
     @property
     def num_waiting(self) -> int:
         return len(self.waiting)
-
-    @property
-    def num_preempted(self) -> int:
-        return sum(s.num_preemptions > 0 for s in self.waiting)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -72,14 +69,16 @@ class Scheduler:
         )
         for seq in self.running:
             if budget <= 0:
-                return plan
+                break
             if not seq.is_prefilled:
                 chunk = min(budget, seq.prompt.num_tokens - seq.num_computed_tokens)
                 plan.prefill.append((seq, chunk))
                 budget -= chunk
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if self.running and not self._fits(seq.num_kv_tokens):
+            # room for its KV and the next token of every row; none in a step that preempted
+            growth = plan.num_decode_rows + seq.num_rows
+            if self.running and (plan.preempted or not self._fits(seq.num_kv_tokens + growth)):
                 break
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
@@ -87,6 +86,7 @@ class Scheduler:
             chunk = min(budget, seq.prompt.num_tokens)
             plan.prefill.append((seq, chunk))
             budget -= chunk
+        self.num_preempted = sum(s.num_preemptions > 0 for s in self.waiting)
         return plan
 
     def _preempt(self, plan: Plan) -> None:
