@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -251,22 +252,53 @@ class LocalEngine:
         )
 
 
+class _Poster:
+    """Hands items from the step thread to one event loop's channels with one wake-up for all
+    that arrive before the loop runs (a step of 16 streams would otherwise wake it 16 times)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[_Channel, list[Item]]] = []
+
+    def post(self, channel: _Channel, items: list[Item]) -> None:
+        with self._lock:
+            self._pending.append((channel, items))
+            if len(self._pending) > 1:  # a wake-up is already on its way
+                return
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for channel, items in pending:
+            channel.put_all(items)
+
+
+_posters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poster] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class _Channel:
     """Items from the step thread to one generate() call on the event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        poster = _posters.get(loop)
+        if poster is None:
+            poster = _posters[loop] = _Poster(loop)
+        self._poster = poster
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
 
     def sink(self, items: list[Item]) -> None:
-        """Called on the step thread. A closed loop raises RuntimeError: nobody listens any more."""
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._put_all, items)
+        """Called on the step thread."""
+        self._poster.post(self, items)
 
     async def get(self) -> Item:
         return await self._queue.get()
 
-    def _put_all(self, items: list[Item]) -> None:
+    def put_all(self, items: list[Item]) -> None:
         for item in items:
             self._queue.put_nowait(item)
 

@@ -243,24 +243,19 @@ class ModelRunner:
         return results
 
     def _decode_forward(self, group: _Group) -> torch.Tensor:
-        tokens, text = [], []
+        tokens: list[torch.Tensor] = []
+        text: list[int] = []
         for state in group.states:
             assert state.last_tokens is not None
             tokens.append(state.last_tokens)
-            text.append(
-                torch.full(
-                    (len(state.rows),),
-                    state.position + state.rope_delta,
-                    dtype=torch.long,
-                    device=self.device,
-                )
-            )
+            text += [state.position + state.rope_delta] * len(state.rows)
         inputs: dict[str, Any] = {"input_ids": torch.cat(tokens).view(-1, 1)}
         if any(group.pads):
             pads = torch.tensor(group.pads, device=self.device).unsqueeze(1)
             columns = torch.arange(group.length + 1, device=self.device).unsqueeze(0)
             inputs["attention_mask"] = (columns >= pads).long()
-        return self._forward(inputs, self.family.decode_positions(torch.cat(text)), group.cache)
+        positions = torch.tensor(text, dtype=torch.long, device=self.device)
+        return self._forward(inputs, self.family.decode_positions(positions), group.cache)
 
     # -- rows joining and leaving --------------------------------------------------------------
 
