@@ -1,8 +1,9 @@
 """``FakeEngine``: an EngineClient without a model, for API and serving tests.
 
 It answers ``"echo: <the last user text>"`` one word per token, counts a prompt as its words plus
-``IMAGE_TOKENS`` per image and ``FRAME_TOKENS`` per video frame, and honours max_tokens, stop
-strings, n, the context window and abort.
+``IMAGE_TOKENS`` per image and ``FRAME_TOKENS`` per video frame (and the words of its tools' JSON,
+which a real engine renders into the prompt), and honours max_tokens, stop strings, n, the context
+window and abort.
 
 Tools and JSON mode: with tools (tool_choice not "none") it calls each tool the last user text
 names (the first tool when tool_choice is "required" and none is named; the named tool when one is
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.types import (
@@ -63,8 +65,11 @@ class FakeEngine:
             video_frame_tokens=FRAME_TOKENS,
         )
 
-    async def count_tokens(self, prompt: Prompt) -> PromptUsage:
-        words = sum(
+    async def count_tokens(
+        self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()
+    ) -> PromptUsage:
+        words = len(json.dumps(tools).split()) if tools else 0
+        words += sum(
             len(part.text.split())
             for message in prompt.messages
             for part in message.parts
@@ -81,7 +86,7 @@ class FakeEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         self.requests.append(request)
-        usage = await self.count_tokens(request.prompt)
+        usage = await self.count_tokens(request.prompt, request.tools or ())
         window = min(request.context_window or self.max_model_len, self.max_model_len)
         if usage.prompt_tokens >= window:
             raise ContextLengthError(

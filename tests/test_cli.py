@@ -75,3 +75,63 @@ def test_inspect_image_of_a_missing_file_is_exit_2(
 ) -> None:
     assert main(["inspect-image", str(tmp_path / "none.jpg")]) == 2
     assert "none.jpg" in capsys.readouterr().err
+
+
+def test_keys_create_prints_the_key_once_and_list_never_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VLMSERVE_STORAGE__DATA_DIR", str(tmp_path))
+    assert main(["keys", "create", "--name", "ci", "--tier", "V2", "--quota", "500"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["key"].startswith("sk-") and created["tier"] == "V2"
+    assert main(["keys", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert '"ci"' in listed and created["key"] not in listed
+    assert main(["keys", "create", "--name", "x", "--tier", "V9"]) == 2
+    assert "V0, V1" in capsys.readouterr().err
+    assert main(["keys", "revoke", "ci"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list"]) == 0 and capsys.readouterr().out == ""
+    assert main(["usage"]) == 0
+    assert json.loads(capsys.readouterr().out)["requests"] == 0
+
+
+def test_serve_without_the_hub_fails_fast_with_one_paragraph(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import free_port
+
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens: the hub is away
+        "HF_HOME": str(tmp_path / "hf"),  # an empty cache
+        "VLMSERVE_STORAGE__DATA_DIR": str(tmp_path / "data"),
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "vlmserve", "serve", "--model", "some-org/some-vlm"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert time.monotonic() - started < 60
+    err = done.stderr.strip()
+    assert "Traceback" not in err and "retry" not in err.lower()
+    assert "'some-org/some-vlm'" in err and "cannot be reached" in err
+    assert "--model ./local/dir" in err and "vlmserve make-dummy-model" in err
+    assert len(err.splitlines()) == 1  # one paragraph
+
+
+def test_serve_a_missing_directory_says_it_is_not_there(tmp_path: Path) -> None:
+    from vlmserve.engine.local.loader import locate
+    from vlmserve.errors import ModelUnavailableError
+
+    with pytest.raises(ModelUnavailableError, match="not a directory"):
+        locate(str(tmp_path / "nope"))
+    assert locate(str(tmp_path)) == str(tmp_path)

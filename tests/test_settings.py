@@ -22,9 +22,9 @@ def test_toml_file_is_read_and_environment_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "vlmserve.toml"
-    config.write_text('[server]\nport = 7000\nstream_usage = "openai"\n[catalog]\nmodel = "/m"\n')
+    config.write_text('[server]\nport = 7000\nstream_usage = "step"\n[catalog]\nmodel = "/m"\n')
     settings = load_settings(config)
-    assert (settings.server.port, settings.server.stream_usage) == (7000, "openai")
+    assert (settings.server.port, settings.server.stream_usage) == (7000, "step")
     assert settings.catalog.model == "/m"
     monkeypatch.setenv("VLMSERVE_SERVER__PORT", "7001")
     assert load_settings(config).server.port == 7001

@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
     serve.add_argument("--config", type=Path, help="a TOML settings file")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format", choices=["text", "json"], help="json: one object per line (log shippers)"
+    )
 
     models = sub.add_parser("models", help="print the catalogue: limits and engine bindings")
     models.add_argument("--config", type=Path, help="a TOML settings file")
@@ -47,7 +50,30 @@ def _parser() -> argparse.ArgumentParser:
     dummy.add_argument("--family", default="idefics3", help="transformers model_type")
     dummy.add_argument("--shape", default="tiny", help="tiny (tests) or a real model's shape")
     dummy.add_argument("--seed", type=int, default=0)
+    _keys_arguments(sub)
+    usage = sub.add_parser("usage", help="token usage totals from the ledger")
+    usage.add_argument("--key", metavar="NAME", help="only this key's usage")
+    usage.add_argument("--since", metavar="DATE", help="from this day (YYYY-MM-DD, UTC)")
+    usage.add_argument("--by", choices=["day", "model", "key"], help="one total per group")
+    usage.add_argument("--config", type=Path, help="a TOML settings file")
     return parser
+
+
+def _keys_arguments(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="make a key; it is printed once, only its hash kept")
+    create.add_argument("--name", required=True, help="who or what uses it (unique while live)")
+    create.add_argument("--tier", help="V0-V5 or a tier from the settings (default: the default)")
+    create.add_argument("--quota", type=int, metavar="TOKENS", help="tokens it may use in all")
+    create.add_argument("--admin", action="store_true", help="may read /v1/usage and /metrics")
+    listing = keys.add_parser("list", help="the keys (never the keys themselves)")
+    listing.add_argument("--all", action="store_true", help="revoked keys too")
+    revoke = keys.add_parser("revoke", help="stop a key from working (within seconds)")
+    revoke.add_argument("name", help="the key's name or id")
+    for parser in (create, listing, revoke):
+        parser.add_argument("--config", type=Path, help="a TOML settings file")
 
 
 def _upstream_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +96,8 @@ def _settings(args: argparse.Namespace) -> Any:
     from vlmserve.settings import load_settings
 
     overrides: dict[str, dict[str, Any]] = {}
-    server = {k: v for k in ("host", "port", "log_level") if (v := getattr(args, k, None))}
+    names = ("host", "port", "log_level", "log_format")
+    server = {k: v for k in names if (v := getattr(args, k, None))}
     if server:
         overrides["server"] = server
     catalog: dict[str, Any] = {}
@@ -89,12 +116,17 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from vlmserve.api.app import create_app
+    from vlmserve.api.logs import configure_logging
+    from vlmserve.api.services import check_models
+    from vlmserve.errors import ModelUnavailableError
 
     settings = _settings(args)
-    logging.basicConfig(
-        level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings.server.log_level, settings.server.log_format)
+    try:
+        check_models(settings)
+    except ModelUnavailableError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
     if settings.server.log_level != "debug":
         # httpx logs every call to a replica (requests, health checks) at info: noise beside the
         # one line per request TraceMiddleware writes, and a cost on the remote hot path.
@@ -106,7 +138,33 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.server.port,
         log_level=settings.server.log_level,
         access_log=False,  # TraceMiddleware logs one line per request, with its trace id
+        # json: uvicorn's own lines go through the root logger's JSON formatter too.
+        log_config=None if settings.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from vlmserve.api import admin
+
+    settings = _settings(args)
+    if args.keys_command == "create":
+        record, key = admin.create_key(settings, args.name, args.tier, args.quota, args.admin)
+        print(json.dumps({**record, "key": key}))
+        print(f"Store this key now: it is not shown again.\n{key}", file=sys.stderr)
+    elif args.keys_command == "list":
+        for row in admin.list_keys(settings, args.all):
+            print(json.dumps(row))
+    else:
+        print(json.dumps(admin.revoke_key(settings, args.name)))
+    return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from vlmserve.api import admin
+
+    for row in admin.usage_totals(_settings(args), args.key, args.since, args.by):
+        print(json.dumps(row))
     return 0
 
 
@@ -229,9 +287,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": _models,
         "make-dummy-model": _make_dummy_model,
         "inspect-image": _inspect_image,
+        "keys": _keys,
+        "usage": _usage,
     }
+    from vlmserve.errors import VlmserveError
+
     try:
         return commands[args.command](args)
     except (FileNotFoundError, ValueError) as exc:  # bad settings or config file
         print(f"vlmserve {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except VlmserveError as exc:  # keys/usage: a bad name, tier or date
+        print(f"vlmserve {args.command}: {exc.message}", file=sys.stderr)
         return 2

@@ -14,12 +14,15 @@ same request may succeed later (so clients can back off instead of giving up).
     │   │   └── MediaFetchError      400 media_fetch_failed         (retryable when upstream failed)
     │   └── NotSupportedYetError     400 unsupported_parameter
     ├── AuthenticationError          401 invalid_api_key
+    ├── PermissionDeniedError        403 permission_denied           (an admin key is needed)
     ├── NotFoundError                404 not_found
     ├── PayloadTooLargeError         413 payload_too_large
     ├── RateLimitError               429 rate_limit_exceeded        (retryable)
+    │   └── QuotaExceededError       429 quota_exceeded             (the key's tokens are spent)
     ├── InternalError                500 internal_error             (a bug)
     ├── UpstreamError                502 upstream_error             (retryable)
     ├── OverloadedError              503 overloaded / model_loading (retryable)
+    │   └── ModelUnavailableError    503 model_unavailable          (cannot be loaded: start-up)
     │   └── UpstreamOverloadedError  503 overloaded, with the replicas' Retry-After hint
     └── TimeoutError_                504 timeout                    (retryable)
 """
@@ -78,6 +81,12 @@ class AuthenticationError(VlmserveError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(VlmserveError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
 class NotFoundError(VlmserveError):
     status = 404
     type = "invalid_request_error"
@@ -91,10 +100,32 @@ class PayloadTooLargeError(VlmserveError):
 
 
 class RateLimitError(VlmserveError):
+    """A key's concurrency, RPM or TPM limit; ``retry_after_s`` says when the request fits."""
+
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        limit: str = "",  # which: "concurrency", "rpm", "tpm"
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
+        self.limit = limit
+
+
+class QuotaExceededError(RateLimitError):
+    """The key's token quota is spent: waiting does not help, so not retryable."""
+
+    type = "insufficient_quota"
+    code = "quota_exceeded"
+    retryable = False
 
 
 class InternalError(VlmserveError):
@@ -115,6 +146,14 @@ class OverloadedError(VlmserveError):
     type = "server_error"
     code = "overloaded"
     retryable = True
+
+
+class ModelUnavailableError(OverloadedError):
+    """The model can be neither read from disk nor fetched from the hub; the message is the one
+    paragraph ``vlmserve serve`` prints before it exits."""
+
+    code = "model_unavailable"
+    retryable = False
 
 
 class TimeoutError_(VlmserveError):  # noqa: N801, N818 - the builtin name is taken

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,12 +28,20 @@ class _Frozen(BaseModel):
 class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    # "step": every stream chunk carries running usage (the hosted platform's behaviour).
-    # "openai": usage only in one final extra chunk, and only with stream_options.include_usage.
-    stream_usage: Literal["step", "openai"] = "step"
+    # "openai": usage null on stream chunks; one final chunk (choices: []) carries the totals when
+    # the client asks with stream_options.include_usage, running totals on every chunk with
+    # stream_options.continuous_usage_stats (vLLM's field). "step": every chunk carries the
+    # running usage, whatever the client asks (the hosted platform's shape; clients that add up
+    # chunk usage, such as LangChain and pydantic-ai, then over-count).
+    stream_usage: Literal["openai", "step"] = "openai"
     api_keys: tuple[str, ...] = ()  # empty: no authentication
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, for log shippers
+    # Keys from the settings that may also read GET /v1/usage (and /metrics when restricted);
+    # they authenticate like ``api_keys``. Keys made with ``vlmserve keys create --admin`` too.
+    admin_api_keys: tuple[str, ...] = ()
+    metrics_admin_only: bool = False  # True: GET /metrics needs an admin key
 
 
 class MediaSettings(_Frozen):
@@ -145,6 +153,53 @@ class StorageSettings(_Frozen):
     max_files_per_owner: int = Field(1000, ge=1)  # the hosted platform's limit per account
 
 
+class TierSettings(_Frozen):
+    """One rate-limit tier: requests in flight, requests per minute, tokens per minute per key
+    (None: no limit)."""
+
+    concurrency: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+
+
+# The hosted platform's tiers (reference/step-api.md section 9.3): concurrency / RPM / TPM.
+STEP_TIERS: dict[str, TierSettings] = {
+    "V0": TierSettings(concurrency=5, rpm=10, tpm=5_000_000),
+    "V1": TierSettings(concurrency=100, rpm=1_000, tpm=20_000_000),
+    "V2": TierSettings(concurrency=200, rpm=5_000, tpm=30_000_000),
+    "V3": TierSettings(concurrency=400, rpm=10_000, tpm=40_000_000),
+    "V4": TierSettings(concurrency=1_000, rpm=20_000, tpm=50_000_000),
+    "V5": TierSettings(concurrency=10_000, rpm=200_000, tpm=100_000_000),
+    "unlimited": TierSettings(),
+}
+
+
+class LimitsSettings(_Frozen):
+    """API keys' tiers, the usage ledger and the key cache."""
+
+    # More tiers, or other figures for V0-V5 / "unlimited": [limits.tiers.team] rpm = 60 ...
+    tiers: dict[str, TierSettings] = {}
+    default_tier: str = "unlimited"  # keys made without --tier, settings keys, no-key mode
+    ledger_flush_s: float = Field(1.0, gt=0, le=60)  # a crash loses at most this much usage
+    key_refresh_s: float = Field(2.0, gt=0, le=300)  # revoked / new keys seen within this
+
+    @property
+    def all_tiers(self) -> dict[str, TierSettings]:
+        return {**STEP_TIERS, **self.tiers}
+
+    def tier(self, name: str | None) -> TierSettings:
+        """The named tier (None: the default one); unknown names are refused at start-up."""
+        return self.all_tiers[name or self.default_tier]
+
+    @field_validator("default_tier")
+    @classmethod
+    def _known_default(cls, name: str, info: ValidationInfo) -> str:
+        known = {**STEP_TIERS, **info.data.get("tiers", {})}
+        if name not in known:
+            raise ValueError(f"default_tier {name!r} is not a tier; known: {sorted(known)}")
+        return name
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VLMSERVE_",
@@ -159,6 +214,7 @@ class Settings(BaseSettings):
     catalog: CatalogSettings = CatalogSettings()
     storage: StorageSettings = StorageSettings()
     remote: RemoteEngineSettings = RemoteEngineSettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @classmethod
     def settings_customise_sources(

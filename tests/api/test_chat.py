@@ -8,7 +8,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, start_fake_server
+from tests.fakes import FakeEngine
+from vlmserve.settings import Settings
 
 MODEL = "step-1o-turbo-vision"
 
@@ -188,7 +190,7 @@ def sse_events(resp: httpx.Response) -> list[str]:
     return [line.removeprefix("data: ") for line in lines[:-1]]
 
 
-def test_stream_framing_and_running_usage(http: httpx.Client) -> None:
+def test_stream_framing_with_usage_null_on_every_chunk(http: httpx.Client) -> None:
     resp = chat(http, stream=True)
     assert resp.headers["content-type"].startswith("text/event-stream")
     events = sse_events(resp)
@@ -198,9 +200,41 @@ def test_stream_framing_and_running_usage(http: httpx.Client) -> None:
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all("usage" in c and c["usage"] is None for c in chunks)  # OpenAI: null, not totals
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "echo: hi there"
+
+
+def stream_chunks(http: httpx.Client, **body: object) -> list[dict]:
+    events = sse_events(chat(http, stream=True, **body))
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_include_usage_adds_one_usage_chunk_before_done(http: httpx.Client) -> None:
+    billed = chat(http).json()["usage"]
+    chunks = stream_chunks(http, stream_options={"include_usage": True})
+    *content, last = chunks
+    assert last["choices"] == [] and last["usage"] == billed
+    assert all(c["usage"] is None and c["choices"] for c in content)
+
+
+def test_continuous_usage_stats_gives_running_totals(http: httpx.Client) -> None:
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = stream_chunks(http, stream_options=options)
     running = [c["usage"]["completion_tokens"] for c in chunks]
     assert running == sorted(running) and running[-1] == 3
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "echo: hi there"
+    assert chunks[-1]["choices"] == []  # include_usage still adds its last chunk
+
+
+def test_step_setting_gives_running_usage_to_every_client() -> None:
+    settings = Settings(server={"stream_usage": "step"})
+    server, live = start_fake_server(settings, FakeEngine())
+    with server, httpx.Client(base_url=live.base_url, timeout=30) as http:
+        for options in (None, {"include_usage": True}):
+            chunks = stream_chunks(http, stream_options=options)
+            running = [c["usage"]["completion_tokens"] for c in chunks]
+            assert running == sorted(running) and running[-1] == 3
+            assert all(c["choices"] for c in chunks)  # Step sends no usage-only chunk
 
 
 def test_openai_sdk_sync_and_stream(fake_server: LiveServer) -> None:

@@ -91,6 +91,7 @@ def test_named_and_none_tool_choices_reach_the_engine(http: httpx.Client) -> Non
     resp = chat(http, messages=ASK, tools=[WEATHER, CLOCK], tool_choice=named)
     calls = resp.json()["choices"][0]["message"]["tool_calls"]
     assert [c["function"]["name"] for c in calls] == ["get_time"]
+    assert resp.json()["choices"][0]["finish_reason"] == "stop"  # OpenAI, for a named tool
     resp = chat(http, messages=ASK, tools=[WEATHER, CLOCK], tool_choice="none")
     message = resp.json()["choices"][0]["message"]
     assert message["tool_calls"] is None and message["content"].startswith("echo:")
@@ -218,3 +219,26 @@ def test_whole_calls_are_streamed_as_deltas_before_the_finish() -> None:
         ],
     ]
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+# --- token counts of requests with tools -----------------------------------------------------
+
+
+def test_token_count_counts_the_tools_chat_bills(http: httpx.Client) -> None:
+    named = {"type": "function", "function": {"name": "get_time"}}
+    fmt = {"type": "json_object"}
+    for extra in ({}, {"tool_choice": "none"}, {"tool_choice": named, "response_format": fmt}):
+        body: dict[str, Any] = {"model": MODEL, "messages": ASK, "tools": [WEATHER, CLOCK]}
+        body.update(extra)
+        counted = http.post("/v1/token/count", json=body).json()["data"]["total_tokens"]
+        billed = chat(http, **{k: v for k, v in body.items() if k != "model"})
+        assert counted == billed.json()["usage"]["prompt_tokens"], extra
+    bare = http.post("/v1/token/count", json={"model": MODEL, "messages": ASK}).json()
+    assert bare["data"]["total_tokens"] < counted
+
+
+def test_token_count_refuses_what_chat_refuses(http: httpx.Client) -> None:
+    body = {"model": MODEL, "messages": ASK, "tools": [{"type": "retrieval"}]}
+    assert_error(http.post("/v1/token/count", json=body), 400, "tools[0].type")
+    body = {"model": MODEL, "messages": ASK, "tool_choice": "required"}
+    assert_error(http.post("/v1/token/count", json=body), 400, "tool_choice")

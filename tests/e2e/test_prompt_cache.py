@@ -40,7 +40,7 @@ def streamed_usages(sdk: openai.OpenAI, messages: Any) -> list[int]:
         max_tokens=6,
         temperature=0,
         stream=True,
-        stream_options={"include_usage": True},
+        stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
     )
     return [cached(chunk.usage) for chunk in stream if chunk.usage is not None]
 

@@ -116,11 +116,18 @@ def test_response_formats_are_normalized() -> None:
     assert output_constraints(req(response_format={"type": "text"})).response_format is None
     fmt = output_constraints(req(response_format={"type": "json_object"})).response_format
     assert fmt == {"type": "json_object"}
-    schema_format = {"type": "json_schema", "json_schema": {"name": "n", "schema": OBJECT}}
+
+
+@pytest.mark.parametrize("strict", [None, False, True])
+def test_a_schema_is_enforced_closed_with_or_without_strict(strict: bool | None) -> None:
+    spec: dict[str, Any] = {"name": "n", "schema": OBJECT}
+    if strict is not None:
+        spec["strict"] = strict
+    schema_format = {"type": "json_schema", "json_schema": spec}
     fmt = output_constraints(req(response_format=schema_format)).response_format
     assert fmt == {
         "type": "json_schema",
-        "json_schema": {"name": "n", "schema": OBJECT, "strict": False},
+        "json_schema": {"name": "n", "schema": OBJECT, "strict": True},
     }
 
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from vlmserve.api.errors import install_error_handlers
 from vlmserve.api.middleware import TraceMiddleware
-from vlmserve.api.routes import chat, files, health, models, tokens
+from vlmserve.api.routes import chat, files, health, metrics, models, tokens, usage
 from vlmserve.api.services import Services, build_services
 from vlmserve.settings import Settings
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         max_body_bytes=settings.server.max_body_bytes,
         path_limits={"/v1/files": upload_cap},  # the upload's own 413 names the exact limit
     )
-    for router in (chat.router, files.router, models.router, tokens.router, health.router):
+    routers = (chat.router, files.router, models.router, tokens.router, health.router)
+    for router in (*routers, usage.router, metrics.router):
         app.include_router(router)
     return app

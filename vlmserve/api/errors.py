@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,8 @@ def error_body(exc: VlmserveError) -> bytes:
 def error_response(exc: VlmserveError) -> Response:
     headers = None
     if exc.retryable and exc.status in (429, 503):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s or 5)))}
+        # Rounded up: a client that waits the whole seconds it is told must then fit.
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s or 5)))}
     return Response(error_body(exc), exc.status, headers, media_type="application/json")
 
 

@@ -1,10 +1,12 @@
-"""Pure ASGI middleware (no task per request, unlike BaseHTTPMiddleware): trace id, body cap."""
+"""Pure ASGI middleware (no task per request, unlike BaseHTTPMiddleware): trace id, body cap,
+rate-limit headers, the access log line."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,18 +33,21 @@ class TraceMiddleware:
             await self.app(scope, receive, send)
             return
         trace_id = os.urandom(16).hex()
-        scope.setdefault("state", {})["trace_id"] = trace_id
         started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state["trace_id"] = trace_id
+        state["arrived"] = started
         status = 0
 
         async def send_with_trace(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (TRACE_HEADER, trace_id.encode()),
-                ]
+                headers = [*message.get("headers", []), (TRACE_HEADER, trace_id.encode())]
+                limits = state.get("ratelimit")  # set once the caller's key is known
+                if limits is not None:
+                    headers += limits.headers(time.monotonic())
+                message["headers"] = headers
             await send(message)
 
         limit = self.path_limits.get(scope["path"], self.max_body_bytes)
@@ -59,11 +64,11 @@ class TraceMiddleware:
             message = f"Internal server error; quote trace id {trace_id} when reporting it."
             await self._send_error(send_with_trace, InternalError(message))
         finally:
+            account = state.get("account")
+            if account is not None:  # a chat request nothing ended: the client went away
+                account.abandon(status)
             if log.isEnabledFor(logging.INFO):
-                ms = (time.perf_counter() - started) * 1000
-                log.info(
-                    "%s %s %d %.1fms trace=%s", scope["method"], scope["path"], status, ms, trace_id
-                )
+                access_log(scope, state, status, (time.perf_counter() - started) * 1000)
 
     @staticmethod
     def _declared_too_large(scope: Scope, limit: int) -> bool:
@@ -103,6 +108,39 @@ class TraceMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": error_body(exc)})
+
+
+def access_log(scope: Scope, state: dict[str, Any], status: int, ms: float) -> None:
+    """One line per request. Only the path (never the query string), the key's name (never the
+    key): nothing a client sent in its body, so no image bytes, data URLs or URL credentials."""
+    fields = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "model": state.get("model"),
+        "prompt_tokens": state.get("prompt_tokens"),
+        "completion_tokens": state.get("completion_tokens"),
+        "latency_ms": round(ms, 2),
+        "trace_id": state["trace_id"],
+        "key_name": state.get("key_name"),
+    }
+    tokens = ""
+    if fields["prompt_tokens"] is not None:
+        tokens = f" tokens={fields['prompt_tokens']}+{fields['completion_tokens']}"
+    model = f" model={fields['model']}" if fields["model"] else ""
+    key = f" key={fields['key_name']}" if fields["key_name"] else ""
+    log.info(
+        "%s %s %d %.1fms%s%s%s trace=%s",
+        scope["method"],
+        scope["path"],
+        status,
+        ms,
+        model,
+        tokens,
+        key,
+        state["trace_id"],
+        extra={"access": fields},
+    )
 
 
 def _too_large(limit: int) -> str:

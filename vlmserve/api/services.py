@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vlmserve.api.auth import KeyChecker
+from vlmserve.api.limits import RateLimiter
+from vlmserve.api.metrics import Metrics, ObservedFetcher, ObservedIntake
 from vlmserve.catalog.registry import Catalog, catalog_from_settings
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.client import EngineClient
-from vlmserve.media.fetch import SafeFetcher
 from vlmserve.media.intake import MediaIntake
 from vlmserve.serving.chat import ChatService
 from vlmserve.serving.files import FileService
@@ -23,6 +24,8 @@ from vlmserve.serving.prepare import PromptPreparer
 from vlmserve.serving.tokens import TokenService
 from vlmserve.settings import Settings
 from vlmserve.storage.files import FileStore
+from vlmserve.storage.keys import KeyStore
+from vlmserve.storage.usage import UsageLedger
 
 log = logging.getLogger("vlmserve")
 
@@ -40,12 +43,21 @@ class Services:
     tokens: TokenService
     keys: KeyChecker
     files: FileService
+    limiter: RateLimiter
+    ledger: UsageLedger
+    metrics: Metrics
 
     async def start(self) -> None:
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
+        await self.keys.start()
+        self.limiter.load_spent(await self.ledger.spent())
+        await self.ledger.start()
 
     async def close(self) -> None:
         await asyncio.gather(*(engine.close() for engine in self.engines.values()))
+        await self.keys.close()
+        await self.ledger.close()  # the last rows
+        await self.ledger.db.close()
         await self.intake.close()
         await self.files.close()
 
@@ -87,6 +99,19 @@ def token_counts(binding: EngineBinding) -> str:
     return remote_token_counts(binding.model)
 
 
+def check_models(settings: Settings) -> None:
+    """Before the server starts: every locally served model can be loaded from disk or the hub
+    (one quick try); raises ``ModelUnavailableError`` with what to do instead."""
+    catalog = catalog_from_settings(settings.catalog, settings.engine)
+    models = {b.model for b in catalog.bindings() if b.kind != "remote"}
+    if not models:
+        return
+    from vlmserve.engine.local.loader import locate  # imports torch
+
+    for model in sorted(models):
+        locate(model)
+
+
 def build_services(
     settings: Settings,
     engine_factory: EngineFactory = default_engine_factory,
@@ -95,8 +120,13 @@ def build_services(
     catalog = catalog or catalog_from_settings(settings.catalog, settings.engine)
     engines = {binding: engine_factory(binding, settings) for binding in catalog.bindings()}
     store = FileStore.from_settings(settings.storage)  # touches the disk on first use only
-    intake = MediaIntake(settings.media, files=store)
+    metrics = Metrics(engines)
+    fetcher = ObservedFetcher(settings.media, metrics=metrics)
+    intake = ObservedIntake(settings.media, files=store, fetcher=fetcher, metrics=metrics)
     preparer = PromptPreparer(catalog, engines, intake, settings.media)
+    # Keys and the ledger share one connection to the storage database (files have their own).
+    key_store = KeyStore.at(settings.storage.data_dir)
+    limits = settings.limits
     return Services(
         settings=settings,
         catalog=catalog,
@@ -105,6 +135,9 @@ def build_services(
         preparer=preparer,
         chat=ChatService(preparer),
         tokens=TokenService(preparer),
-        keys=KeyChecker(settings.server.api_keys),
-        files=FileService(store, SafeFetcher(settings.media), settings.storage),
+        keys=KeyChecker(settings.server, key_store, limits.key_refresh_s),
+        files=FileService(store, fetcher, settings.storage),
+        limiter=RateLimiter(limits),
+        ledger=UsageLedger(key_store.db, limits.ledger_flush_s),
+        metrics=metrics,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from vlmserve.engine.types import EngineHealth, Event, GenerationRequest, Prompt, PromptUsage
 
@@ -27,8 +27,11 @@ class EngineClient(Protocol):
     async def abort(self, request_id: str) -> None:
         """Abort a running or queued request; unknown ids are ignored."""
 
-    async def count_tokens(self, prompt: Prompt) -> PromptUsage:
-        """Exactly the ``PromptUsage`` (minus ``cached_tokens``) that ``generate`` would report."""
+    async def count_tokens(
+        self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()
+    ) -> PromptUsage:
+        """Exactly the ``PromptUsage`` (minus ``cached_tokens``) that ``generate`` would report
+        for a request with this prompt and these ``tools`` (``GenerationRequest.tools``)."""
         ...
 
     async def health(self) -> EngineHealth:

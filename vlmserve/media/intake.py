@@ -93,10 +93,11 @@ class MediaIntake:
         files: FileSource | None = None,
         *,
         resolver: Resolver | None = None,
+        fetcher: SafeFetcher | None = None,  # e.g. one that counts outcomes (api/metrics.py)
     ) -> None:
         self._settings = settings
         self._files = files
-        self._fetcher = SafeFetcher(settings, resolver)
+        self._fetcher = fetcher or SafeFetcher(settings, resolver)
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="vlmserve-media")
         self._cache = ImageCache(settings.cache_bytes)
         self._prepares: SingleFlight[PreparedImage] = SingleFlight()

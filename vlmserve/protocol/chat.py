@@ -86,7 +86,8 @@ ChatMessageIn = Annotated[
 
 
 class StreamOptions(WireModel):
-    include_usage: bool = False
+    include_usage: bool | None = False  # a last chunk, choices: [], with the usage (OpenAI)
+    continuous_usage_stats: bool | None = False  # running usage on every chunk (vLLM)
 
 
 class JsonSchemaFormat(WireModel):

@@ -3,6 +3,11 @@
 One small function per output concern (STYLE.md anti-pattern 1): usage, finish reasons, tool
 calls, the collected response, the chunk stream.
 
+Wire details are OpenAI's, whatever the engine (local, or a replica that says it differently):
+``finish_reason`` is ``length`` whenever the token limit cut a choice, ``tool_calls`` when it made
+calls under ``tool_choice`` auto or required, ``stop`` otherwise (a named ``tool_choice`` included);
+a stream's usage goes where ``StreamUsage`` says (null on chunks, a final chunk on request).
+
 Tool calls arrive as ``ToolCallDelta`` pieces (the local engine) or whole in ``Finished.tool_calls``
 (remote engines); either way a response lists them in ``message.tool_calls`` (content ``""`` when
 the model only called tools, as Step answers), and a stream sends each call as OpenAI deltas:
@@ -13,17 +18,43 @@ fragments.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Literal
 
 from vlmserve.engine import types as engine
 from vlmserve.engine.types import Delta, Finished, FinishReason, PromptUsage, ToolCallDelta
 from vlmserve.protocol import stream as wire
-from vlmserve.protocol.chat import ChatCompletion, ChatMessageOut, Choice, FunctionCall, ToolCall
+from vlmserve.protocol.chat import (
+    ChatCompletion,
+    ChatMessageOut,
+    Choice,
+    FunctionCall,
+    StreamOptions,
+    ToolCall,
+)
 from vlmserve.protocol.stream import ChatCompletionChunk, ChoiceDelta, ChunkChoice
 from vlmserve.protocol.usage import PromptTokensDetails, Usage
 from vlmserve.serving.chat import ChatRun
 
-UsageMode = Literal["step", "openai"]
+UsageMode = Literal["openai", "step"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamUsage:
+    """Where a stream reports usage (DESIGN.md, "stream chunks")."""
+
+    running: bool = False  # the running totals on every chunk (else ``usage: null`` there)
+    final: bool = False  # one last chunk, ``choices: []``, with the totals, before ``[DONE]``
+
+    @classmethod
+    def of(cls, mode: UsageMode, options: StreamOptions | None) -> StreamUsage:
+        """``mode="step"``: running totals for everyone (the hosted platform's shape); else what
+        the client asks: ``include_usage`` (OpenAI) and ``continuous_usage_stats`` (vLLM)."""
+        if mode == "step":
+            return cls(running=True)
+        if options is None:
+            return cls()
+        return cls(bool(options.continuous_usage_stats), bool(options.include_usage))
 
 
 def usage_of(prompt: PromptUsage, completion_tokens: int) -> Usage:
@@ -40,9 +71,16 @@ def usage_of(prompt: PromptUsage, completion_tokens: int) -> Usage:
     )
 
 
-def finish_reason(reason: FinishReason) -> str:
-    # An engine-side abort only reaches a client when the server shuts down mid-answer.
-    return FinishReason.STOP.value if reason is FinishReason.ABORT else reason.value
+def finish_reason(reason: FinishReason, has_calls: bool, named_tool: bool) -> str:
+    """OpenAI's finish_reason for a choice that ended with ``reason`` (see the module doc).
+
+    An engine-side abort only reaches a client when the server shuts down mid-answer: ``stop``.
+    """
+    if reason is FinishReason.LENGTH:
+        return FinishReason.LENGTH.value
+    if has_calls and not named_tool:
+        return FinishReason.TOOL_CALLS.value
+    return FinishReason.STOP.value
 
 
 def add_call_piece(calls: list[ToolCall], piece: ToolCallDelta) -> None:
@@ -94,8 +132,9 @@ async def collect(run: ChatRun) -> ChatCompletion:
             elif isinstance(event, ToolCallDelta):
                 add_call_piece(calls[event.index], event)
             elif isinstance(event, Finished):
-                reasons[event.index] = finish_reason(event.reason)
                 calls[event.index] += whole_calls(event.tool_calls)
+                has_calls = bool(calls[event.index])
+                reasons[event.index] = finish_reason(event.reason, has_calls, run.named_tool)
                 run.usage = event.usage or run.usage
     finally:
         await run.aclose()
@@ -117,22 +156,18 @@ async def collect(run: ChatRun) -> ChatCompletion:
 
 
 async def stream(
-    run: ChatRun, mode: UsageMode = "step", include_usage: bool = False
+    run: ChatRun, usage: StreamUsage = StreamUsage()
 ) -> AsyncIterator[ChatCompletionChunk]:
-    """Chunks in OpenAI's order: a role chunk per choice, content, a finish chunk per choice.
-
-    ``mode="step"``: every chunk carries the running usage (the hosted platform's behaviour).
-    ``mode="openai"``: no usage on chunks; one final chunk with empty choices carries it when
-    ``include_usage`` is asked.
-    """
+    """Chunks in OpenAI's order: a role chunk per choice, content, a finish chunk per choice,
+    then the usage chunk when ``usage.final`` asks for it."""
     completion_tokens = 0
-    running = mode == "step"
+    has_calls = [False] * run.n
 
     def chunk(index: int, delta: ChoiceDelta, reason: str | None = None) -> ChatCompletionChunk:
-        usage = usage_of(run.usage, completion_tokens) if running else None
+        running = usage_of(run.usage, completion_tokens) if usage.running else None
         choice = ChunkChoice(index=index, delta=delta, finish_reason=reason)
         return ChatCompletionChunk(
-            id=run.id, created=run.created, model=run.model, choices=[choice], usage=usage
+            id=run.id, created=run.created, model=run.model, choices=[choice], usage=running
         )
 
     try:
@@ -144,15 +179,18 @@ async def stream(
                 if event.text:
                     yield chunk(event.index, ChoiceDelta(content=event.text))
             elif isinstance(event, ToolCallDelta):
+                has_calls[event.index] = True
                 yield chunk(event.index, call_deltas(event))
             elif isinstance(event, Finished):
                 run.usage = event.usage or run.usage  # final counts (e.g. a replica's cache hits)
                 for piece in whole_call_pieces(event.index, event.tool_calls):
+                    has_calls[event.index] = True
                     yield chunk(event.index, call_deltas(piece))
-                yield chunk(event.index, ChoiceDelta(), finish_reason(event.reason))
+                reason = finish_reason(event.reason, has_calls[event.index], run.named_tool)
+                yield chunk(event.index, ChoiceDelta(), reason)
     finally:
         await run.aclose()
-    if mode == "openai" and include_usage:
+    if usage.final:
         yield ChatCompletionChunk(
             id=run.id,
             created=run.created,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from vlmserve.engine.types import (
@@ -16,7 +16,7 @@ from vlmserve.engine.types import (
 )
 from vlmserve.errors import InternalError, InvalidRequestError
 from vlmserve.protocol.chat import ChatCompletionRequest
-from vlmserve.serving.prepare import PromptPreparer
+from vlmserve.serving.prepare import PreparedPrompt, PromptPreparer
 from vlmserve.serving.tools import check_tool_history, output_constraints
 
 DEFAULT_TEMPERATURE = 0.5  # the hosted platform's defaults (reference/step-api.md 2.1)
@@ -34,6 +34,7 @@ class ChatRun:
     n: int
     usage: PromptUsage
     events: AsyncIterator[Event]
+    named_tool: bool = False  # tool_choice names a function: its call ends with "stop" (OpenAI)
 
     async def aclose(self) -> None:
         """Stop the generation (client gone); safe to call twice."""
@@ -44,12 +45,24 @@ class ChatService:
     def __init__(self, preparer: PromptPreparer) -> None:
         self._preparer = preparer
 
-    async def start(self, req: ChatCompletionRequest, tenant: str = "") -> ChatRun:
-        """Validate, prepare media, and start generating; raises before anything is streamed."""
+    async def start(
+        self,
+        req: ChatCompletionRequest,
+        tenant: str = "",
+        reserve_tokens: Callable[[int], None] | None = None,
+    ) -> ChatRun:
+        """Validate, prepare media, and start generating; raises before anything is streamed.
+
+        ``reserve_tokens`` (a key with a tokens-per-minute limit) is called before generating
+        with the prompt's tokens, counted as billed, plus the most the answer may take; it raises
+        to refuse the request.
+        """
         sampling = sampling_params(req)
         constraints = output_constraints(req)
         check_tool_history(req.messages)
         prepared = await self._preparer.prepare(req.model, req.messages, tenant)
+        if reserve_tokens is not None:
+            reserve_tokens(await self._most_tokens(prepared, sampling))
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         generation = GenerationRequest(
             request_id=request_id,
@@ -71,7 +84,18 @@ class ChatService:
         if not isinstance(first, Started):
             await _aclose(events)
             raise InternalError("the engine did not report the prompt before generating")
-        return ChatRun(request_id, int(time.time()), req.model, sampling.n, first.usage, events)
+        named_tool = isinstance(constraints.tool_choice, dict)
+        return ChatRun(
+            request_id, int(time.time()), req.model, sampling.n, first.usage, events, named_tool
+        )
+
+    async def _most_tokens(self, prepared: PreparedPrompt, sampling: SamplingParams) -> int:
+        """Prompt tokens plus every choice's ``max_tokens`` (or what the window leaves)."""
+        usage = await prepared.engine.count_tokens(prepared.prompt)
+        window = await self._preparer.context_window(prepared.spec, prepared.engine)
+        room = max(0, window - usage.prompt_tokens)
+        per_choice = min(sampling.max_tokens, room) if sampling.max_tokens is not None else room
+        return usage.prompt_tokens + sampling.n * per_choice
 
 
 def sampling_params(req: ChatCompletionRequest) -> SamplingParams:

@@ -27,6 +27,7 @@ from vlmserve.protocol.chat import (
     Tool,
     ToolMessage,
 )
+from vlmserve.protocol.tokens import TokenCountRequest
 
 MAX_TOOLS = 128
 TOOL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")
@@ -67,7 +68,7 @@ class OutputConstraints:
     parallel_tool_calls: bool = True
 
 
-def output_constraints(req: ChatCompletionRequest) -> OutputConstraints:
+def output_constraints(req: ChatCompletionRequest | TokenCountRequest) -> OutputConstraints:
     """The request's constraints, validated; raises ``InvalidRequestError`` naming the field."""
     tools = _tools(req.tools or [])
     return OutputConstraints(
@@ -110,11 +111,10 @@ def _response_format(response_format: ResponseFormat | None) -> dict[str, Any] |
             param="response_format.json_schema",
         )
     check_schema(spec.schema_, "response_format.json_schema.schema")
-    fields: dict[str, Any] = {
-        "name": spec.name,
-        "schema": spec.schema_,
-        "strict": bool(spec.strict),
-    }
+    # Every schema is enforced closed, ``strict`` sent or not (as vLLM compiles them): a client
+    # that omits it (instructor's JSON_SCHEMA mode) still means the properties it declared.
+    # Engines, and the replicas of a remote one, are told so.
+    fields: dict[str, Any] = {"name": spec.name, "schema": spec.schema_, "strict": True}
     if spec.description:
         fields["description"] = spec.description
     return {"type": "json_schema", "json_schema": fields}

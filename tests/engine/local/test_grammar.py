@@ -8,6 +8,7 @@ Grammar tests drive ``GrammarProcessor`` with random logits over a dummy tokeniz
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -223,10 +224,8 @@ def sample(
     return str(tokenizer.decode(ids)), False
 
 
-def schema_spec(schema: dict[str, Any], strict: bool = True) -> GrammarSpec:
-    return GrammarSpec(
-        "json_schema", json.dumps(prepare_schema(schema), ensure_ascii=False), strict
-    )
+def schema_spec(schema: dict[str, Any]) -> GrammarSpec:
+    return GrammarSpec("json_schema", json.dumps(prepare_schema(schema), ensure_ascii=False))
 
 
 # Every keyword serving accepts, each in a schema whose outputs end quickly.
@@ -391,3 +390,103 @@ def test_auto_with_json_mode_answers_json_or_calls(grammars: Grammars) -> None:
             jsonschema.validate(json.loads(content), answer)
             kinds.add("json")
     assert kinds == {"calls", "json"}
+
+
+# --- closed schemas and compact JSON (issue 11) -----------------------------------------------
+
+OPEN_PET = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def between_tokens(text: str) -> str:
+    """``text`` with every string literal emptied (a finished one or the one it ends in)."""
+    return re.sub(r'"(?:[^"\\]|\\.)*("|$)', '""', text, flags=re.S)
+
+
+def is_compact(text: str) -> bool:
+    rest = between_tokens(text)
+    return not set(rest) & {"\n", "\r", "\t"} and "  " not in rest
+
+
+def accepts(grammars: Grammars, spec: GrammarSpec, text: str) -> bool:
+    matcher = xgr.GrammarMatcher(grammars.compile(spec))
+    return bool(matcher.accept_string(text)) and bool(matcher.is_completed())
+
+
+@pytest.mark.parametrize("strict", [None, False, True])
+def test_a_schema_without_strict_still_refuses_undeclared_keys(
+    grammars: Grammars, strict: bool | None
+) -> None:
+    fields: dict[str, Any] = {"name": "x", "schema": OPEN_PET}
+    if strict is not None:
+        fields["strict"] = strict
+    fmt = {"type": "json_schema", "json_schema": fields}
+    spec = grammar_spec(replace(request(), response_format=fmt), HERMES_TOOLS)
+    assert spec is not None
+    assert accepts(grammars, spec, '{"name": "Rex"}')
+    assert not accepts(grammars, spec, '{"name": "Rex", "colour": "red"}')
+
+
+def test_a_schema_that_allows_more_keys_keeps_them(grammars: Grammars) -> None:
+    schema = {**OPEN_PET, "additionalProperties": {"type": "integer"}}
+    spec = schema_spec(schema)
+    assert accepts(grammars, spec, '{"name": "Rex", "age": 3}')
+    assert not accepts(grammars, spec, '{"name": "Rex", "age": "old"}')
+
+
+def test_json_mode_allows_no_newlines_tabs_or_runs_of_spaces(grammars: Grammars) -> None:
+    spec = grammar_spec(replace(request(), response_format={"type": "json_object"}), HERMES_TOOLS)
+    assert spec is not None
+    assert accepts(grammars, spec, '{"color": "red", "sizes": [1, 2]}')
+    for loose in ('{\r"color":\r"red"}', '{"color":\t"red"}', '{\n"color": "red"}'):
+        assert not accepts(grammars, spec, loose)
+    assert not accepts(grammars, spec, '{"color":  "red"}')
+    for seed in range(20):
+        text, _ = sample(grammars, spec, seed, steps=60)
+        assert is_compact(text), repr(text)
+
+
+def test_tool_arguments_are_compact_and_closed(grammars: Grammars) -> None:
+    spec = grammar_spec(replace(request(), tools=TOOLS, tool_choice=NAMED), HERMES_TOOLS)
+    assert spec is not None
+    begin, end = HERMES_TOOLS.call_begin("get_weather"), HERMES_TOOLS.call_end
+    assert accepts(grammars, spec, begin + '{"city": "Oslo", "days": 2}' + end)
+    assert not accepts(grammars, spec, begin + '{"city": "Oslo",\n"days": 2}' + end)
+    assert not accepts(grammars, spec, begin + '{"city":\t"Oslo", "days": 2}' + end)
+    assert not accepts(grammars, spec, begin + '{"city": "Oslo", "days": 2, "x": 1}' + end)
+    num_done = 0
+    for seed in range(10):
+        text, done = sample(grammars, spec, seed, steps=120)
+        arguments = text[len(begin) : -len(end) if done else None]
+        assert is_compact(arguments), repr(arguments)
+        if done:
+            assert_valid_call("get_weather", arguments)
+            num_done += 1
+    assert num_done >= 3
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_every_accepted_keyword_is_enforced_in_tool_arguments(
+    grammars: Grammars, name: str
+) -> None:
+    # tool arguments go through the EBNF conversion (_compact_json): nothing may be lost there
+    value = dict(SUPPORTED[name])
+    parameters = {
+        "type": "object",
+        "properties": {"v": value},
+        "required": ["v"],
+        "additionalProperties": False,
+    }
+    if "$defs" in value:  # references are to the root
+        parameters["$defs"] = value.pop("$defs")
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    named = {"type": "function", "function": {"name": "f"}}
+    spec = grammar_spec(replace(request(), tools=(tool,), tool_choice=named), HERMES_TOOLS)
+    assert spec is not None
+    begin, end = HERMES_TOOLS.call_begin("f"), HERMES_TOOLS.call_end
+    done = [t for t in (sample_text(grammars, spec, seed, steps=100) for seed in range(12)) if t]
+    assert len(done) >= 4
+    for text in done:
+        assert text.startswith(begin) and text.endswith(end)
+        arguments = text[len(begin) : -len(end)]
+        assert is_compact(arguments)
+        jsonschema.validate(json.loads(arguments), parameters)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ class FakeCounter:
     async def close(self) -> None:
         self.closed += 1
 
-    async def count(self, prompt: Prompt) -> PromptUsage:
+    async def count(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> PromptUsage:
         if not self.ready:
             raise OverloadedError("still loading", code="model_loading")
         self.counted.append(prompt)

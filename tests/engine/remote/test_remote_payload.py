@@ -15,6 +15,7 @@ from vlmserve.engine.remote.payload import (
     build_payload,
     encode_data_url,
     to_json_bytes,
+    tokenize_payload,
 )
 from vlmserve.engine.types import (
     GenerationRequest,
@@ -174,3 +175,10 @@ def test_tool_call_history_is_rendered_in_openai_shape() -> None:
         ],
     }
     assert messages[2] == {"role": "tool", "content": "found", "tool_call_id": "call_1"}
+
+
+def test_a_tokenize_body_carries_the_tools_the_chat_template_renders() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    prompt = Prompt((Message("user", (TextPart("hi"),)),))
+    assert "tools" not in tokenize_payload(prompt, "m", encoder())
+    assert tokenize_payload(prompt, "m", encoder(), (tool,))["tools"] == [tool]

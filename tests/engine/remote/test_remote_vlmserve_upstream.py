@@ -1,4 +1,5 @@
-"""Another ``vlmserve serve`` process as the upstream: the same API, usage on every chunk."""
+"""Another ``vlmserve serve`` process as the upstream: the same API, and the usage it is asked
+for (on every chunk with ``continuous_usage_stats``, else only in its last chunk)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,38 @@ async def test_image_conversation_through_a_vlmserve_replica(
     assert finished.usage.prompt_tokens == started.usage.prompt_tokens
     assert sum(e.num_tokens for e in events if isinstance(e, Delta)) == 6
     assert health.ready and health.max_model_len is not None
+
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+@pytest.mark.parametrize("continuous_usage", [True, False])
+async def test_usage_and_tool_prompt_counts_agree_with_the_replica(
+    upstream: tuple[ServerProcess, str], continuous_usage: bool
+) -> None:
+    proc, model = upstream
+    binding = EngineBinding(kind="remote", upstreams=(proc.api,), upstream_model=model)
+    engine = RemoteEngine(binding, RemoteEngineSettings(continuous_usage=continuous_usage))
+    await engine.start()
+    try:
+        request = dataclasses.replace(
+            conversation(1, None),
+            sampling=dataclasses.replace(conversation(1, None).sampling, max_tokens=4),
+            tools=(TOOL,),
+            tool_choice="none",
+        )
+        events = await collect(engine, request)
+        counted = await engine.count_tokens(request.prompt, (TOOL,))
+        bare = await engine.count_tokens(request.prompt)
+    finally:
+        await engine.close()
+    started = events[0]
+    assert isinstance(started, Started)
+    assert counted.prompt_tokens == started.usage.prompt_tokens > bare.prompt_tokens
+    assert sum(e.num_tokens for e in events if isinstance(e, Delta)) == 4

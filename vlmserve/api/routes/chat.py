@@ -10,8 +10,10 @@ from typing import TypeVar
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from vlmserve.api.deps import ServicesDep, TenantDep
+from vlmserve.api.accounting import ChatAccount
+from vlmserve.api.deps import IdentityDep, ServicesDep
 from vlmserve.api.sse import sse_frames
+from vlmserve.errors import VlmserveError
 from vlmserve.protocol.chat import ChatCompletion, ChatCompletionRequest
 from vlmserve.protocol.errors import ErrorResponse
 from vlmserve.serving import assemble
@@ -23,16 +25,28 @@ T = TypeVar("T")
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
-    responses={400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    responses={
+        400: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
     summary="Create a chat completion (text, images); streams SSE chunks when stream=true",
 )
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, services: ServicesDep, tenant: TenantDep
+    body: ChatCompletionRequest, request: Request, services: ServicesDep, identity: IdentityDep
 ) -> Response:
-    run = await services.chat.start(body, tenant)
+    account = ChatAccount.open(services, identity, body.model, request.scope["state"])
+    reserve = account.reserve_tokens if account.needs_token_count else None
+    try:
+        run = await services.chat.start(body, identity.id, reserve)
+    except VlmserveError as exc:
+        if not account.is_finished:
+            account.fail(exc)
+        raise
+    account.track(run)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = assemble.stream(run, services.settings.server.stream_usage, include_usage)
+        usage = assemble.StreamUsage.of(services.settings.server.stream_usage, body.stream_options)
+        chunks = assemble.stream(run, usage)
         return StreamingResponse(
             sse_frames(chunks),
             media_type="text/event-stream",

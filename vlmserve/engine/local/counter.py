@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Literal
+from typing import Any, Literal
 
 from vlmserve.engine.local.families import Family, family_for
 from vlmserve.engine.local.prompt import PromptPreparer
@@ -52,7 +52,7 @@ class ProcessorCounter:
             self._preparer = None
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def count(self, prompt: Prompt) -> PromptUsage:
+    async def count(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> PromptUsage:
         preparer = self._preparer
         if preparer is None:
             raise OverloadedError(
@@ -60,7 +60,7 @@ class ProcessorCounter:
                 code="model_loading",
             )
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._pool, preparer.prepare, prompt)
+        prepared = await loop.run_in_executor(self._pool, preparer.prepare, prompt, tools)
         return prepared.usage
 
     def health(self) -> EngineHealth:

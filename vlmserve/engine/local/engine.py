@@ -131,9 +131,11 @@ class LocalEngine:
         if core is not None:
             core.abort(request_id)
 
-    async def count_tokens(self, prompt: Prompt) -> PromptUsage:
+    async def count_tokens(
+        self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()
+    ) -> PromptUsage:
         self._ready()
-        return (await self._prepare(prompt)).usage
+        return (await self._prepare(prompt, tools)).usage
 
     async def health(self) -> EngineHealth:
         loaded = self._loaded

@@ -8,13 +8,22 @@ When the grammar is complete only the stop tokens remain, so the choice ends wit
 
 Grammars by request:
 
-- ``json_object``: any JSON object; ``json_schema``: the schema (``strict`` allows no properties
-  the schema does not name).
+- ``json_object``: any JSON object; ``json_schema``: the schema, always closed as vLLM compiles it
+  (``strict`` or not): no properties the schema does not name, unless it allows them itself
+  (``additionalProperties``, ``patternProperties``). A schema sent without ``strict`` is what
+  instructor's JSON_SCHEMA mode sends; left open, random keys ran answers to ``max_tokens``.
 - tools with ``tool_choice`` named: exactly one call of that tool; ``required``: one or more calls
   (``parallel_tool_calls=false``: exactly one) and nothing else; ``auto``: free text in which each
   call, once the model writes the tool format's trigger (``<tool_call>``), must complete as a valid
   call of a declared tool with arguments matching its schema. ``auto`` with a JSON
   ``response_format``: either that JSON or calls. ``none``: no grammar for tools.
+
+JSON comes compact: one space after ``:`` and ``,`` and no other whitespace (xgrammar's
+``any_whitespace`` off, vLLM's ``disable-any-whitespace``), in JSON mode and tool arguments alike.
+Those are ``json.dumps``'s separators, the spacing of the tool calls in the Hermes prompt format;
+free whitespace let constrained sampling wander into ``\r``, ``\t`` and runs of newlines.
+Structural tags (tools) take no whitespace switch, so their JSON parts are compiled to the same
+closed, compact EBNF first (``_compact_json``).
 
 Two xgrammar 0.2.8 gaps are closed here: special tokens other than the stop tokens are taken out of
 the vocabulary it sees (it would otherwise let ``<|im_start|>`` or ``<image>`` appear inside JSON
@@ -41,10 +50,6 @@ from vlmserve.engine.types import GenerationRequest
 from vlmserve.errors import InternalError, InvalidRequestError
 
 MAX_CACHED_GRAMMARS = 256
-# Whitespace characters allowed between two JSON tokens. One keeps JSON on one line (``{"a": 1}``
-# or ``{"a":1}``); unbounded whitespace is where constrained sampling otherwise loses itself
-# (runs of newlines and spaces until max_tokens).
-MAX_WHITESPACE = 1
 COMPILE_THREADS = 2
 
 
@@ -54,7 +59,6 @@ class GrammarSpec:
 
     kind: Literal["json_schema", "structural_tag"]
     source: str  # JSON text of the schema or of the structural tag
-    strict: bool = True  # json_schema: no properties beyond those the schema names
     param: str = field(default="response_format", compare=False)  # named by compile errors
 
 
@@ -67,8 +71,7 @@ def grammar_spec(request: GenerationRequest, fmt: ToolFormat) -> GrammarSpec | N
         return GrammarSpec("structural_tag", source, param="tools")
     if schema is None:
         return None
-    strict = bool((request.response_format or {}).get("json_schema", {}).get("strict", True))
-    return GrammarSpec("json_schema", json.dumps(schema, ensure_ascii=False), strict)
+    return GrammarSpec("json_schema", json.dumps(schema, ensure_ascii=False))
 
 
 def uses_tools(request: GenerationRequest) -> bool:
@@ -117,7 +120,7 @@ def _call_tag(fmt: ToolFormat, function: dict[str, Any]) -> st.TagFormat:
 
 
 def _json_content(schema: dict[str, Any]) -> st.JSONSchemaFormat:
-    return st.JSONSchemaFormat(json_schema=schema, max_whitespace_cnt=MAX_WHITESPACE)
+    return st.JSONSchemaFormat(json_schema=schema)  # made closed and compact by ``_compile``
 
 
 # --- schema rewriting ------------------------------------------------------------------------
@@ -238,13 +241,23 @@ class Grammars:
 
 def _compile(compiler: xgr.GrammarCompiler, spec: GrammarSpec) -> xgr.CompiledGrammar:
     if spec.kind == "structural_tag":
-        return compiler.compile_structural_tag(spec.source)
-    return compiler.compile_json_schema(
-        spec.source,
-        any_whitespace=True,
-        max_whitespace_cnt=MAX_WHITESPACE,
-        strict_mode=spec.strict,
-    )
+        tag = _compact_json(json.loads(spec.source))
+        return compiler.compile_structural_tag(json.dumps(tag, ensure_ascii=False))
+    return compiler.compile_json_schema(spec.source, any_whitespace=False, strict_mode=True)
+
+
+def _compact_json(node: Any) -> Any:
+    """A structural tag with each ``json_schema`` format replaced by the EBNF of the schema,
+    closed and compact as ``compile_json_schema`` would make it (see the module doc)."""
+    if isinstance(node, list):
+        return [_compact_json(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "json_schema":  # a format node: the user's schema is not walked
+        schema = json.dumps(node["json_schema"], ensure_ascii=False)
+        grammar = xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True)
+        return {"type": "grammar", "grammar": str(grammar)}
+    return {key: _compact_json(value) for key, value in node.items()}
 
 
 def tokenizer_info(tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> xgr.TokenizerInfo:

@@ -12,14 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
+from huggingface_hub import constants as hub_constants
 
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.local.families import Family, family_for
+from vlmserve.errors import ModelUnavailableError
 from vlmserve.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
+HUB_TIMEOUT_S = 5.0  # one attempt: a machine without the hub learns it in seconds, not minutes
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -44,7 +48,7 @@ def load_model(binding: EngineBinding, settings: EngineSettings) -> LoadedModel:
 
     device = resolve_device(_pick(binding.device, settings.device))
     dtype = resolve_dtype(_pick(binding.dtype, settings.dtype), device)
-    source = _source(binding.model)
+    source = locate(binding.model)
     log.info("loading %s on %s as %s", source, device, dtype)
     processor = AutoProcessor.from_pretrained(source)
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
@@ -124,6 +128,73 @@ def _pick(binding_value: str, settings_value: str) -> str:
     return binding_value if binding_value != "auto" else settings_value
 
 
-def _source(model: str) -> str:
+def locate(model: str, timeout_s: float = HUB_TIMEOUT_S) -> str:
+    """Where to load ``model`` from: its directory, the hub id (reachable: transformers then
+    downloads it with progress bars), or the hub cache's copy when the hub cannot be reached.
+
+    One request to the hub with a short timeout decides; raises ``ModelUnavailableError`` with
+    one paragraph naming the model, the cause and the two ways forward, instead of
+    huggingface_hub's minutes of retries and a traceback.
+    """
     path = Path(model).expanduser()
-    return str(path) if path.exists() else model
+    if path.exists():
+        return str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelUnavailableError(
+            _unavailable(model, f"{path} is not a directory on this machine")
+        )
+    try:
+        status = _probe_hub(model, timeout_s)
+    except httpx.HTTPError as exc:
+        cached = _cached_copy(model)
+        if cached is not None:
+            log.warning("the model hub is unreachable (%s); loading %s from the cache", exc, model)
+            return cached
+        cause = (
+            f"the model hub ({hub_constants.ENDPOINT}) cannot be reached from this machine "
+            f"({type(exc).__name__}: {exc or 'no answer'}), and the model is not in the local "
+            "Hugging Face cache"
+        )
+        raise ModelUnavailableError(_unavailable(model, cause)) from None
+    if status in (401, 403, 404):
+        cause = (
+            f"the model hub answered {status}: no such model, or it is gated or private "
+            "(accept its licence on the hub and log in with `hf auth login`)"
+        )
+        raise ModelUnavailableError(_unavailable(model, cause))
+    return model
+
+
+def _probe_hub(model: str, timeout_s: float) -> int:
+    """One request, no retries: the hub's answer for ``model`` (raises ``httpx.HTTPError``)."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    url = f"{hub_constants.ENDPOINT}/api/models/{model}"
+    response = httpx.get(url, headers=headers, timeout=timeout_s, follow_redirects=True)
+    if response.status_code >= 500:
+        raise httpx.HTTPStatusError(
+            f"the hub answered {response.status_code}", request=response.request, response=response
+        )
+    return response.status_code
+
+
+def _cached_copy(model: str) -> str | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(model, local_files_only=True))
+    except Exception:  # not cached (or a broken cache entry): there is no copy to use
+        return None
+
+
+def _unavailable(model: str, cause: str) -> str:
+    return (
+        f"vlmserve cannot load the model {model!r}: {cause}. Two ways forward: serve a model "
+        "directory you already have with `vlmserve serve --model ./local/dir` (a copy of the "
+        "model downloaded elsewhere, with its config, weights and processor files), or, for a "
+        "smoke test without real weights, build a random-weight model offline with "
+        "`vlmserve make-dummy-model ./dummy-model` and start `vlmserve serve --model "
+        "./dummy-model`."
+    )

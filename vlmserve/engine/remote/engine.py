@@ -35,7 +35,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -87,8 +87,9 @@ class TokenCounter(Protocol):
     async def close(self) -> None:
         """Free the processor. Idempotent."""
 
-    async def count(self, prompt: Prompt) -> PromptUsage:
-        """What the local engine would report for ``prompt``; ``OverloadedError`` until loaded."""
+    async def count(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> PromptUsage:
+        """What the local engine would report for ``prompt`` with ``tools`` in it;
+        ``OverloadedError`` until loaded."""
         ...
 
     def health(self) -> EngineHealth:
@@ -293,7 +294,7 @@ class RemoteEngine:
                     break
                 held.extend(state.feed(parse_chunk(data, attempt.replica.url)))
                 if not started:
-                    usage = state.prompt_usage or await self._count_locally(request.prompt)
+                    usage = state.prompt_usage or await self._count_locally(request)
                     if usage is None:
                         continue
                     yield self._started(request, usage, state)
@@ -336,8 +337,10 @@ class RemoteEngine:
             state.budget = room
         return Started(usage)
 
-    async def _count_locally(self, prompt: Prompt) -> PromptUsage | None:
-        return None if self._token_counter is None else await self._token_counter.count(prompt)
+    async def _count_locally(self, request: GenerationRequest) -> PromptUsage | None:
+        if self._token_counter is None:
+            return None
+        return await self._token_counter.count(request.prompt, request.tools or ())
 
     async def _encode(self, request: GenerationRequest) -> bytes:
         def encode() -> bytes:
@@ -384,13 +387,15 @@ class RemoteEngine:
         self._aborted.add(request_id)
         await attempt.response.aclose()
 
-    async def count_tokens(self, prompt: Prompt) -> PromptUsage:
+    async def count_tokens(
+        self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()
+    ) -> PromptUsage:
         if self._token_counter is not None:
             self._require_client()
-            return await self._token_counter.count(prompt)
+            return await self._token_counter.count(prompt, tools)
         client = self._require_client()
         body = await asyncio.to_thread(
-            lambda: to_json_bytes(tokenize_payload(prompt, self.model, self._encoder))
+            lambda: to_json_bytes(tokenize_payload(prompt, self.model, self._encoder, tools))
         )
         key = router.conversation_key(
             GenerationRequest("count", prompt), self.model, self.settings.routing_images

@@ -221,13 +221,19 @@ def build_payload(
     }
 
 
-def tokenize_payload(prompt: Prompt, model: str, encoder: ImageEncoder) -> Json:
-    """vLLM's ``POST /tokenize`` body: counts the prompt exactly as the chat endpoint would."""
-    return {
+def tokenize_payload(
+    prompt: Prompt, model: str, encoder: ImageEncoder, tools: tuple[Json, ...] = ()
+) -> Json:
+    """vLLM's ``POST /tokenize`` body (also read by vlmserve's ``/v1/token/count``): counts the
+    prompt exactly as the chat endpoint would, with the tools the chat template renders."""
+    payload: Json = {
         "model": model,
         "messages": render_messages(prompt, encoder),
         "add_generation_prompt": True,
     }
+    if tools:
+        payload["tools"] = list(tools)
+    return payload
 
 
 def to_json_bytes(payload: Json) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class Replica:
     num_outstanding: int = 0
     num_requests: int = 0  # requests sent, for load reports
     max_model_len: int | None = None
+    health_latency_s: float | None = None  # the last health check that was answered
 
 
 class ReplicaPool:
@@ -60,11 +62,13 @@ class ReplicaPool:
 
     async def check(self, client: httpx.AsyncClient, replica: Replica) -> None:
         """One health check; marks the replica up or down, never raises."""
+        started = time.perf_counter()
         try:
             response = await client.get(f"{replica.url}/models", timeout=self.health_timeout_s)
         except httpx.HTTPError as exc:
             self.mark_down(replica, f"health check failed: {type(exc).__name__} {exc}".strip())
             return
+        replica.health_latency_s = time.perf_counter() - started
         if response.status_code != 200:
             self.mark_down(replica, f"health check answered {response.status_code}")
             return
