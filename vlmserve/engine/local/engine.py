@@ -143,6 +143,7 @@ class LocalEngine:
             return EngineHealth(ready=False, detail=self._detail)
         core = self._core
         scheduler = core.scheduler if core else None
+        kv_bytes = core.runner.kv_bytes() if core else 0
         return EngineHealth(
             ready=self._state == "ready",
             detail=self._detail,
@@ -153,8 +154,9 @@ class LocalEngine:
             num_waiting=core.num_waiting + self._num_preparing if core else 0,
             num_preempted=scheduler.num_preempted if scheduler else 0,
             num_preemptions=scheduler.num_preemptions if scheduler else 0,
-            kv_cache_bytes=core.runner.kv_bytes() if core else 0,
+            kv_cache_bytes=kv_bytes,
             kv_cache_max_bytes=self._kv_max_bytes,
+            kv_cache_usage=kv_bytes / self._kv_max_bytes if self._kv_max_bytes else 0.0,
             prompt_cache=core.runner.prompt_cache_stats() if core else None,
         )
 
