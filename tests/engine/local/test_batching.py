@@ -260,17 +260,21 @@ def test_one_failing_row_fails_its_request_only(batching: LocalEngine) -> None:
     assert [r.texts for r in results] == [r.texts for r in expected]
 
 
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
 def test_preemption_under_a_tiny_kv_budget_finishes_every_request_unchanged(
-    tiny_models: dict[str, Path],
+    tiny_models: dict[str, Path], family: str
 ) -> None:
     requests = [
         request(text_prompt(f"Question {i} " + "padding words " * i), f"p{i}", max_tokens=24, n=n)
         for i, n in enumerate((1, 2, 1, 1, 3))
-    ]
-    roomy = decisive(tiny_models["qwen2_vl"], max_num_seqs=8)
+    ] + [request(image_prompt(), "picture", max_tokens=24)]
+    roomy = decisive(tiny_models[family], max_num_seqs=8)
     assert roomy._core is not None
     per_token = roomy._core.runner.kv_bytes_per_token
-    tight = decisive(tiny_models["qwen2_vl"], max_num_seqs=8, kv_cache_bytes=per_token * 160)
+    assert roomy._loaded is not None
+    prompt_tokens = asyncio.run(roomy.count_tokens(image_prompt())).prompt_tokens
+    budget = per_token * (prompt_tokens + 100)  # the picture alone fits, not much beside it
+    tight = decisive(tiny_models[family], max_num_seqs=8, kv_cache_bytes=budget)
     try:
         expected = [asyncio.run(collect(roomy, r)) for r in requests]
 
@@ -283,20 +287,21 @@ def test_preemption_under_a_tiny_kv_budget_finishes_every_request_unchanged(
         asyncio.run(roomy.close())
         asyncio.run(tight.close())
     assert health.num_preemptions > 0
-    assert health.kv_cache_max_bytes == per_token * 160
+    assert health.kv_cache_max_bytes == budget
     for got, want in zip(results, expected, strict=True):
         assert_same(got, want)
 
 
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
 def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_output(
-    tiny_models: dict[str, Path],
+    tiny_models: dict[str, Path], family: str
 ) -> None:
     prompt = Prompt(
         (Message("user", (TextPart("Describe " + "this picture carefully. " * 60), MediaPart(0))),),
         media(image(90, 70, 3)),
     )
-    whole = decisive(tiny_models["idefics3"], max_num_batched_tokens=4096)
-    chunked = decisive(tiny_models["idefics3"], max_num_batched_tokens=16)
+    whole = decisive(tiny_models[family], max_num_batched_tokens=4096)
+    chunked = decisive(tiny_models[family], max_num_batched_tokens=16)
     try:
         want = asyncio.run(collect(whole, request(prompt, "long", max_tokens=12)))
         recorder = Recorder(chunked)
