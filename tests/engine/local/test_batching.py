@@ -267,7 +267,10 @@ def test_preemption_under_a_tiny_kv_budget_finishes_every_request_unchanged(
     requests = [
         request(text_prompt(f"Question {i} " + "padding words " * i), f"p{i}", max_tokens=24, n=n)
         for i, n in enumerate((1, 2, 1, 1, 3))
-    ] + [request(image_prompt(), "picture", max_tokens=24)]
+    ] + [
+        request(image_prompt(), "picture", max_tokens=24),
+        request(text_prompt("Seeded"), "seeded", max_tokens=30, temperature=1.0, seed=3, n=2),
+    ]
     roomy = decisive(tiny_models[family], max_num_seqs=8)
     assert roomy._core is not None
     per_token = roomy._core.runner.kv_bytes_per_token

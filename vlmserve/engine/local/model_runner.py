@@ -103,6 +103,8 @@ class ModelRunner:
         self.batchable = supports(self._new_cache())
         self.kv_bytes_per_token = _kv_bytes_per_token(self.model.config, self.dtype)
         self._states: dict[int, _State] = {}
+        # seq_id → the generator of a preempted sequence: resumed sampling continues its draws
+        self._parked: dict[int, torch.Generator] = {}
         self._shared = _Group(shared=True)
         self._groups: list[_Group] = [self._shared]
 
@@ -175,7 +177,10 @@ class ModelRunner:
             prompt.units = self.prefix_cache.embedder.units(plan.slots, plan.start)
             if fresh:
                 seq.num_cached_tokens = plan.start
-        state = _State(seq, [], rope_delta, make_generator(seq.sampling.seed, self.device))
+        generator = self._parked.pop(seq.seq_id, None)
+        if generator is None:
+            generator = make_generator(seq.sampling.seed, self.device)
+        state = _State(seq, [], rope_delta, generator)
         state.prompt = prompt
         self._states[seq.seq_id] = state
         return state
@@ -329,6 +334,7 @@ class ModelRunner:
         """Forget ``seq`` (finished, aborted or failed); an answered conversation's KV is kept
         for the next turn by the prompt cache."""
         state = self._states.pop(seq.seq_id, None)
+        self._parked.pop(seq.seq_id, None)
         answer = None
         if state is not None:
             if self.prefix_cache is not None and _is_answered(seq, state):
@@ -345,6 +351,7 @@ class ModelRunner:
         state = self._states.pop(seq.seq_id, None)
         if state is not None:
             self._leave(state, [])
+            self._parked[seq.seq_id] = state.generator
         if self.prefix_cache is not None:
             self.prefix_cache.release(seq.seq_id)
         seq.num_computed_tokens = 0
