@@ -34,6 +34,7 @@ class EngineCore:
         self._aborts: list[str | Sequence] = []
         self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._closing = False
+        self._num_prefilled = 0  # prompt tokens computed in this step (for the debug log)
         self._thread = threading.Thread(target=self._loop, name="vlmserve-engine-step", daemon=True)
 
     @property
@@ -115,17 +116,21 @@ class EngineCore:
         plan = self.scheduler.schedule()
         for seq in plan.preempted:
             self.runner.preempt(seq)
+        debug = log.isEnabledFor(logging.DEBUG)
+        rows = self.runner.describe() if debug else ""
+        self._num_prefilled = 0
         if plan.decode:
             self._decode()
         for seq, budget in plan.prefill:
             if not seq.is_finished:
                 self._guarded(seq, partial(self._prefill, seq, budget))
-        if log.isEnabledFor(logging.DEBUG):
+        if debug:
             log.debug(
-                "step: decode %d seqs (%s); prefill %d tokens of %d seqs; preempted %d; "
-                "running %d, waiting %d; kv %.1f MiB",
+                "step: decode %d seqs (%s); prefill %d tokens (budget %d) of %d seqs; "
+                "preempted %d; running %d, waiting %d; kv %.1f MiB",
                 len(plan.decode),
-                self.runner.describe(),
+                rows,
+                self._num_prefilled,
                 sum(b for _, b in plan.prefill),
                 len(plan.prefill),
                 len(plan.preempted),
@@ -149,7 +154,8 @@ class EngineCore:
             self._guarded(seq, partial(self._append, seq, result))
 
     def _prefill(self, seq: Sequence, budget: int) -> None:
-        _, tokens = self.runner.prefill(seq, budget)
+        computed, tokens = self.runner.prefill(seq, budget)
+        self._num_prefilled += computed  # 0: a vision-encoding unit ran instead
         if tokens is None:  # more chunks to go
             return
         seq.start()  # once: a resumed sequence started before
