@@ -81,6 +81,14 @@ class EngineSettings(_Frozen):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     max_queue: int = Field(256, ge=1)  # requests waiting beyond this → 503
+    # Continuous batching (local engine): at most ``max_num_seqs`` sequences decode together in
+    # one forward per step; a step computes at most ``max_num_batched_tokens`` tokens (decode rows
+    # plus prompt chunks), so a long prompt is prefilled in chunks between decode steps.
+    max_num_seqs: int = Field(16, ge=1)
+    max_num_batched_tokens: int = Field(512, ge=16)
+    # KV of running sequences (local engine); 0: automatic (free memory on CUDA, a fraction of
+    # RAM on CPU). Admission waits when it is full; decoding past it preempts the newest sequence.
+    kv_cache_bytes: int = Field(0, ge=0)
     # The automatic prompt cache (local engine): KV of 256-token prompt blocks keyed by their
     # tokens, the media in them and the tenant, plus vision features keyed by media identity;
     # each LRU within its byte budget (engine device memory). Off: every prompt is computed whole.

@@ -184,3 +184,48 @@ def test_disconnect_mid_stream_frees_the_engine(server: ServerProcess) -> None:
 def busy(server: ServerProcess) -> bool:
     engines = httpx.get(server.base_url + "/readyz", timeout=10).json()["engines"].values()
     return any(e["running"] or e["waiting"] for e in engines)
+
+
+def test_eight_concurrent_streams_with_images_complete_with_exact_usage(
+    server: ServerProcess,
+) -> None:
+    conversations = [
+        [image_turn(f"What is in picture {i}?", (30 * i, 255 - 30 * i, 90))] for i in range(8)
+    ]
+
+    async def stream(aclient: openai.AsyncOpenAI, messages: list) -> tuple[int, int, str]:
+        chunks = await aclient.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=12, stream=True
+        )
+        reason, last_usage = "", None
+        async for chunk in chunks:
+            last_usage = chunk.usage
+            for choice in chunk.choices:
+                reason = choice.finish_reason or reason
+        assert last_usage is not None
+        return last_usage.prompt_tokens, last_usage.completion_tokens, reason
+
+    async def run() -> list[tuple[int, int, str]]:
+        aclient = openai.AsyncOpenAI(
+            base_url=server.api, api_key="unused", max_retries=0, timeout=120
+        )
+        try:
+            return list(await asyncio.gather(*(stream(aclient, m) for m in conversations)))
+        finally:
+            await aclient.close()
+
+    results = asyncio.run(run())
+    for messages, (prompt_tokens, completion_tokens, reason) in zip(
+        conversations, results, strict=True
+    ):
+        counted = httpx.post(
+            server.api + "/token/count", json={"model": MODEL, "messages": messages}, timeout=120
+        ).json()["data"]["total_tokens"]
+        assert prompt_tokens == counted
+        assert reason in ("stop", "length")
+        assert 1 <= completion_tokens <= 12
+        assert reason == "stop" or completion_tokens == 12
+    ready = httpx.get(server.base_url + "/readyz", timeout=10).json()
+    engine = next(iter(ready["engines"].values()))
+    assert engine["running"] == 0 and engine["kv_cache_bytes"] == 0
+    assert engine["kv_cache_max_bytes"] > 0

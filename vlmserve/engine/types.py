@@ -211,7 +211,12 @@ class EngineHealth:
     # images to these before the processor sees them).
     image_edges: tuple[int, int] | None = None
     num_running: int = 0  # sequences generating now
-    num_waiting: int = 0  # sequences queued behind them
+    num_waiting: int = 0  # sequences queued behind them (preempted ones included)
+    num_preempted: int = 0  # waiting sequences whose KV was freed to be recomputed later
+    num_preemptions: int = 0  # how many times a running sequence was preempted, in all
+    kv_cache_bytes: int = 0  # KV that running sequences hold now (local engine)
+    kv_cache_max_bytes: int = 0  # the engine's KV budget; 0: not managed (remote engine)
+    kv_cache_usage: float = 0.0  # kv_cache_bytes / kv_cache_max_bytes (0 when not managed)
     prompt_cache: PromptCacheStats | None = None  # None: the engine has no prompt cache (or off)
     # About how many prompt tokens one sampled video frame costs at the detail=low size, once
     # known (media fits a video's frame count to its token budget with it); None: unknown.

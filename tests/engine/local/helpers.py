@@ -32,7 +32,9 @@ from vlmserve.settings import EngineSettings
 FAMILIES = ("idefics3", "qwen2_vl")
 
 
-def start_engine(model: Path, *, max_num_seqs: int = 1, **settings: object) -> LocalEngine:
+def start_engine(
+    model: Path, *, max_num_seqs: int | None = None, **settings: object
+) -> LocalEngine:
     engine = LocalEngine(
         EngineBinding(model=str(model)),
         EngineSettings(**settings),  # type: ignore[arg-type]

@@ -226,15 +226,19 @@ def test_abort_by_request_id_finishes_the_stream_with_abort(engine: LocalEngine)
 
 
 def test_aborting_a_queued_request_removes_it(engine: LocalEngine) -> None:
+    one = start_engine(Path(engine.binding.model), max_num_seqs=1)
+
     async def scenario() -> tuple[set[FinishReason], set[FinishReason]]:
-        first = asyncio.create_task(collect(engine, request(request_id="a", max_tokens=300)))
-        queued = asyncio.create_task(collect(engine, request(request_id="b", max_tokens=300)))
-        assert engine._core is not None
-        await until(lambda: engine._core is not None and engine._core.num_waiting == 1)
-        await engine.abort("b")
+        first = asyncio.create_task(collect(one, request(request_id="a", max_tokens=300)))
+        queued = asyncio.create_task(collect(one, request(request_id="b", max_tokens=300)))
+        await until(lambda: one._core is not None and one._core.num_waiting == 1)
+        await one.abort("b")
         return set((await first).finished.values()), set((await queued).finished.values())
 
-    first, queued = asyncio.run(scenario())
+    try:
+        first, queued = asyncio.run(scenario())
+    finally:
+        asyncio.run(one.close())
     assert first == {FinishReason.LENGTH}
     assert queued == {FinishReason.ABORT}
 
@@ -286,7 +290,7 @@ def test_concurrent_requests_all_complete_with_their_own_output(
 
 
 def test_queue_over_max_queue_is_overloaded(engine: LocalEngine) -> None:
-    other = start_engine(Path(engine.binding.model), max_queue=1)
+    other = start_engine(Path(engine.binding.model), max_queue=1, max_num_seqs=1)
 
     async def scenario() -> None:
         running = other.generate(request(request_id="running", max_tokens=5000))
@@ -309,7 +313,7 @@ def test_a_failing_request_does_not_stop_the_step_thread(engine: LocalEngine) ->
     runner = engine._core.runner
     original = runner.prefill
 
-    def broken(seq: object) -> dict[int, int]:
+    def broken(seq: object, budget: int) -> tuple[int, dict[int, int] | None]:
         runner.prefill = original  # type: ignore[method-assign]
         raise RuntimeError("boom")
 

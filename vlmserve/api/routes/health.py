@@ -25,6 +25,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
             "detail": health.detail,
             "running": health.num_running,
             "waiting": health.num_waiting,
+            "preempted": health.num_preempted,
+            "kv_cache_bytes": health.kv_cache_bytes,
+            "kv_cache_max_bytes": health.kv_cache_max_bytes,
         }
     ready = all(e["ready"] for e in engines.values())
     body = {"status": "ready" if ready else "not_ready", "engines": engines}

@@ -4,9 +4,8 @@ Each step is schedule → run → postprocess. The event loop talks to it throug
 sequences, aborts, jobs) read between steps, so an abort takes effect within one decoding step. A
 failure inside one sequence's step fails that sequence only; the thread goes on serving.
 
-Jobs (prompt preparation: the processor's image transforms are torch ops) run here too, between
-steps. A second thread running torch ops would own a second OpenMP team; libgomp then has more
-threads than cores and stops spin-waiting, which made every decode step ~1.6x slower on CPU.
+Jobs (one-off work on the model's tokenizer, such as grammar preparation) run here too, between
+steps. Prompt preparation does not: it runs in prep_pool.py's thread, beside the steps.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from vlmserve.engine.local.model_runner import ModelRunner
@@ -34,6 +34,7 @@ class EngineCore:
         self._aborts: list[str | Sequence] = []
         self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._closing = False
+        self._num_prefilled = 0  # prompt tokens computed in this step (for the debug log)
         self._thread = threading.Thread(target=self._loop, name="vlmserve-engine-step", daemon=True)
 
     @property
@@ -112,22 +113,66 @@ class EngineCore:
         return True
 
     def step(self) -> None:
-        seqs, is_prefill = self.scheduler.schedule()
-        for seq in seqs:
-            try:
-                self._run(seq, is_prefill)
-            except Exception as exc:  # one request's failure must not stop the thread
-                log.exception("request %s failed in the engine", seq.request_id)
-                self._finish(seq)
-                seq.fail(_internal(exc))
-            seq.publish()
+        plan = self.scheduler.schedule()
+        for seq in plan.preempted:
+            self.runner.preempt(seq)
+        debug = log.isEnabledFor(logging.DEBUG)
+        rows = self.runner.describe() if debug else ""
+        self._num_prefilled = 0
+        if plan.decode:
+            self._decode()
+        for seq, budget in plan.prefill:
+            if not seq.is_finished:
+                self._guarded(seq, partial(self._prefill, seq, budget))
+        if debug:
+            log.debug(
+                "step: decode %d seqs (%s); prefill %d tokens (budget %d) of %d seqs; "
+                "preempted %d; running %d, waiting %d; kv %.1f MiB",
+                len(plan.decode),
+                rows,
+                self._num_prefilled,
+                sum(b for _, b in plan.prefill),
+                len(plan.prefill),
+                len(plan.preempted),
+                len(self.scheduler.running),
+                self.scheduler.num_waiting,
+                self.runner.kv_bytes() / 2**20,
+            )
 
-    def _run(self, seq: Sequence, is_prefill: bool) -> None:
-        if is_prefill:
-            tokens = self.runner.prefill(seq)
-            seq.start()
-        else:
-            tokens = self.runner.decode(seq)
+    def _decode(self) -> None:
+        results = self.runner.decode()
+        for seq in list(self.scheduler.running):
+            result = results.get(seq.seq_id)
+            if result is None:
+                continue
+            if isinstance(result, Exception):
+                log.error("request %s failed in the engine: %r", seq.request_id, result)
+                self._finish(seq)
+                seq.fail(_internal(result))
+                seq.publish()
+                continue
+            self._guarded(seq, partial(self._append, seq, result))
+
+    def _prefill(self, seq: Sequence, budget: int) -> None:
+        computed, tokens = self.runner.prefill(seq, budget)
+        self._num_prefilled += computed  # 0: a vision-encoding unit ran instead
+        if tokens is None:  # more chunks to go
+            return
+        seq.start()  # once: a resumed sequence started before
+        if tokens:
+            self._append(seq, tokens)
+
+    def _guarded(self, seq: Sequence, work: Callable[[], None]) -> None:
+        """Run one sequence's part of the step; its failure fails that sequence only."""
+        try:
+            work()
+        except Exception as exc:  # one request's failure must not stop the thread
+            log.exception("request %s failed in the engine", seq.request_id)
+            self._finish(seq)
+            seq.fail(_internal(exc))
+        seq.publish()
+
+    def _append(self, seq: Sequence, tokens: dict[int, int]) -> None:
         finished = set()
         for index, token in tokens.items():
             seq.append_token(index, token, token in self.runner.eos_token_ids)

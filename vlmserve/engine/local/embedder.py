@@ -81,10 +81,44 @@ class Embedder:
                 return None
         return tuple(slots)
 
+    def units(self, slots: tuple[MediaSlot, ...], start: int) -> list[tuple[MediaSlot, int]]:
+        """The vision-encoding units that tokens ``[start:]`` still need, in order: (item, unit)
+        for every item the encoder cache lacks; ``encode_unit`` runs one."""
+        cache = self.encoder_cache
+        todo = []
+        for slot in slots:
+            if slot.end <= start:
+                continue
+            found = cache.peek(slot.kind, slot.identity) if cache else None
+            if found is None or found.shape[0] != slot.num_features:
+                todo += [(slot, unit) for unit in range(self.num_units(slot))]
+        return todo
+
+    def num_units(self, slot: MediaSlot) -> int:
+        """How many separately encodable units an item has (tiling families: its tiles)."""
+        return 1
+
+    def encode_unit(
+        self,
+        inputs: dict[str, torch.Tensor],
+        slots: tuple[MediaSlot, ...],
+        slot: MediaSlot,
+        unit: int,
+    ) -> torch.Tensor:
+        """The features of unit ``unit`` of ``slot``; an item's units, concatenated in order,
+        are its features."""
+        every = [s for s in slots if s.kind == slot.kind]
+        return self._encode(inputs, every, [slot])[0]
+
     def embed(
-        self, inputs: dict[str, torch.Tensor], slots: tuple[MediaSlot, ...], start: int
+        self,
+        inputs: dict[str, torch.Tensor],
+        slots: tuple[MediaSlot, ...],
+        start: int,
+        encoded: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, int, int]:
-        """``inputs_embeds`` for tokens ``[start:]``; also (items encoded, items from the cache)."""
+        """``inputs_embeds`` for tokens ``[start:]``; also (items encoded, items from the cache).
+        ``encoded``: features encoded ahead (by identity, from ``encode_unit``)."""
         input_ids = inputs["input_ids"]
         embeds = self.model.get_input_embeddings()(input_ids[:, start:])
         num_encoded = num_cached = 0
@@ -93,8 +127,8 @@ class Embedder:
             if not needed:
                 continue
             every = [s for s in slots if s.kind == kind]
-            features, encoded = self._features(inputs, kind, every, needed)
-            num_encoded, num_cached = num_encoded + encoded, num_cached + len(needed) - encoded
+            features, fresh = self._features(inputs, kind, every, needed, encoded or {})
+            num_encoded, num_cached = num_encoded + fresh, num_cached + len(needed) - fresh
             rows = [
                 f[_num_before(input_ids[0], s, token_id, start) :]
                 for s, f in zip(needed, features, strict=True)
@@ -110,9 +144,19 @@ class Embedder:
         kind: str,
         every: list[MediaSlot],
         slots: list[MediaSlot],
+        encoded: dict[str, torch.Tensor],
     ) -> tuple[list[torch.Tensor], int]:
         cache = self.encoder_cache
-        found = [cache.get(s.kind, s.identity) if cache else None for s in slots]
+        found: list[torch.Tensor | None] = []
+        for s in slots:
+            ahead = encoded.get(s.identity)
+            if ahead is not None:
+                if cache is not None:
+                    cache.count_miss()
+                    cache.put(s.kind, s.identity, ahead)
+                found.append(ahead)
+            else:
+                found.append(cache.get(s.kind, s.identity) if cache else None)
         found = [  # an identity stands for the sizing too; a row count that differs is a miss
             f if f is not None and f.shape[0] == s.num_features else None
             for s, f in zip(slots, found, strict=True)
@@ -127,7 +171,8 @@ class Embedder:
                         cache.put(kind, slots[i].identity, features.clone())
         for slot, features in zip(slots, found, strict=True):
             assert features is not None and features.shape[0] == slot.num_features
-        return [f for f in found if f is not None], len(missing)
+        num_ahead = sum(s.identity in encoded for s in slots)
+        return [f for f in found if f is not None], len(missing) + num_ahead
 
     def _items(
         self, inputs: dict[str, torch.Tensor], input_ids: torch.Tensor
@@ -186,6 +231,26 @@ class Idefics3Embedder(Embedder):
             return_dict=True,
         )
         return list(out.pooler_output[0].split([s.num_features for s in missing]))
+
+    def num_units(self, slot: MediaSlot) -> int:
+        return slot.num_features // self.seq_len
+
+    def encode_unit(
+        self,
+        inputs: dict[str, torch.Tensor],
+        slots: tuple[MediaSlot, ...],
+        slot: MediaSlot,
+        unit: int,
+    ) -> torch.Tensor:
+        tiles = [s.num_features // self.seq_len for s in slots if s.kind == slot.kind]
+        row = int(_rows(tiles, [slot.index])[unit])
+        mask = inputs.get("pixel_attention_mask")
+        out = self.model.model.get_image_features(
+            inputs["pixel_values"][:, row : row + 1],
+            None if mask is None else mask[:, row : row + 1],
+            return_dict=True,
+        )
+        return out.pooler_output[0]
 
 
 class Qwen2VLEmbedder(Embedder):

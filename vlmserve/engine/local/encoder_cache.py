@@ -43,6 +43,14 @@ class EncoderCache:
         self._num_hits += 1
         return features
 
+    def peek(self, kind: str, identity: str) -> torch.Tensor | None:
+        """Like ``get`` but neither counted nor refreshed (planning, not using)."""
+        return self._items.get((kind, identity))
+
+    def count_miss(self) -> None:
+        """An item encoded without ``get`` (ahead of its prefill, in units)."""
+        self._num_misses += 1
+
     def put(self, kind: str, identity: str, features: torch.Tensor) -> None:
         """Keep ``features`` (not copied: nobody modifies them) unless over the whole budget."""
         key = (kind, identity)

@@ -1,17 +1,19 @@
 """``LocalEngine``: the async ``EngineClient`` over an embedded transformers model.
 
 The event loop never runs model code: loading runs in a background thread; prompt preparation
-(chat template + processor) and generation run on the step thread of ``EngineCore`` (one thread
-for all torch work, see core.py). Events come back through an asyncio queue fed with
-``call_soon_threadsafe``.
+(chat template + processor) runs in its own single-threaded pool (prep_pool.py) beside the step
+thread of ``EngineCore``, which runs the model (see core.py). Events come back through an
+asyncio queue fed with ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -19,8 +21,9 @@ from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.local.core import EngineCore
 from vlmserve.engine.local.grammar import GrammarProcessor, Grammars, grammar_spec, uses_tools
 from vlmserve.engine.local.loader import LoadedModel, load_model
-from vlmserve.engine.local.model_runner import ModelRunner
+from vlmserve.engine.local.model_runner import ModelRunner, default_kv_bytes
 from vlmserve.engine.local.prefix_cache import PrefixCache
+from vlmserve.engine.local.prep_pool import prep_pool
 from vlmserve.engine.local.prompt import PreparedPrompt, PromptPreparer
 from vlmserve.engine.local.scheduler import Scheduler
 from vlmserve.engine.local.sequence import Item, Sequence
@@ -50,11 +53,11 @@ State = Literal["idle", "loading", "ready", "failed", "closed"]
 
 class LocalEngine:
     def __init__(
-        self, binding: EngineBinding, settings: EngineSettings, *, max_num_seqs: int = 1
+        self, binding: EngineBinding, settings: EngineSettings, *, max_num_seqs: int | None = None
     ) -> None:
         self.binding = binding
         self.settings = settings
-        self.max_num_seqs = max_num_seqs
+        self.max_num_seqs = max_num_seqs or settings.max_num_seqs
         self._state: State = "idle"
         self._detail = "not started"
         self._lock = threading.Lock()
@@ -65,6 +68,8 @@ class LocalEngine:
         self._num_preparing = 0
         self._preparing_ids: dict[str, int] = {}  # request id → how many are being prepared
         self._early_aborts: set[str] = set()  # aborted while being prepared
+        self._kv_max_bytes = 0
+        self._pool = prep_pool()
 
     async def start(self) -> None:
         with self._lock:
@@ -79,6 +84,7 @@ class LocalEngine:
                 return
             self._state, self._detail = "closed", "closed"
             core, self._core, self._loaded, self._preparer = self._core, None, None, None
+        self._pool.shutdown(wait=False, cancel_futures=True)
         if core is not None:
             await asyncio.to_thread(core.close)
 
@@ -86,12 +92,12 @@ class LocalEngine:
         # Errors raise from the first ``__anext__``, before any event.
         core, loaded = self._ready()
         if self._num_preparing + core.num_waiting >= self.settings.max_queue:
-            raise OverloadedError(
-                f"The engine has {self.settings.max_queue} requests waiting; retry later."
-            )
+            raise _queue_full(self.settings.max_queue)
         _check_sampling(request.sampling)
         grammar = await self._grammar(request, core)  # a schema it cannot compile fails first
         prepared, aborted = await self._prepare_request(request)
+        if core.num_waiting >= self.settings.max_queue:  # it filled while this one was prepared
+            raise _queue_full(self.settings.max_queue)
         max_new_tokens = _budget(prepared, request, loaded.max_model_len)
         if aborted:
             yield Started(prepared.usage)
@@ -135,15 +141,23 @@ class LocalEngine:
         loaded = self._loaded
         if loaded is None:
             return EngineHealth(ready=False, detail=self._detail)
+        core = self._core
+        scheduler = core.scheduler if core else None
+        kv_bytes = core.runner.kv_bytes() if core else 0
         return EngineHealth(
             ready=self._state == "ready",
             detail=self._detail,
             max_model_len=loaded.max_model_len,
             image_edges=loaded.family.image_edges(),
             video_frame_tokens=loaded.family.video_frame_tokens(),
-            num_running=len(self._core.scheduler.running) if self._core else 0,
-            num_waiting=self._core.num_waiting if self._core else 0,
-            prompt_cache=self._core.runner.prompt_cache_stats() if self._core else None,
+            num_running=len(scheduler.running) if scheduler else 0,
+            num_waiting=core.num_waiting + self._num_preparing if core else 0,
+            num_preempted=scheduler.num_preempted if scheduler else 0,
+            num_preemptions=scheduler.num_preemptions if scheduler else 0,
+            kv_cache_bytes=kv_bytes,
+            kv_cache_max_bytes=self._kv_max_bytes,
+            kv_cache_usage=kv_bytes / self._kv_max_bytes if self._kv_max_bytes else 0.0,
+            prompt_cache=core.runner.prompt_cache_stats() if core else None,
         )
 
     def _ready(self) -> tuple[EngineCore, LoadedModel]:
@@ -179,10 +193,8 @@ class LocalEngine:
             raise OverloadedError(f"The model is not available: {self._detail}")
         self._num_preparing += 1
         try:
-            prepared: PreparedPrompt = await asyncio.wrap_future(
-                core.call(lambda: preparer.prepare(prompt, tools))
-            )
-            return prepared
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, preparer.prepare, prompt, tools)
         finally:
             self._num_preparing -= 1
 
@@ -204,11 +216,19 @@ class LocalEngine:
     def _load(self) -> None:
         try:
             loaded = load_model(self.binding, self.settings)
-            preparer = PromptPreparer(loaded.processor, loaded.family)
+            # Its own processor: HF fast tokenizers must not be used from two threads at once
+            # (the step thread detokenizes with the model's).
+            preparer = PromptPreparer(copy.deepcopy(loaded.processor), loaded.family)
             grammars = Grammars(loaded.tokenizer, _vocab_size(loaded), loaded.eos_token_ids)
-            core = EngineCore(
-                ModelRunner(loaded, self._prefix_cache(loaded)), Scheduler(self.max_num_seqs)
+            runner = ModelRunner(loaded, self._prefix_cache(loaded))
+            kv_bytes = self.settings.kv_cache_bytes or default_kv_bytes(loaded.device)
+            scheduler = Scheduler(
+                self.max_num_seqs,
+                self.settings.max_num_batched_tokens,
+                kv_bytes // runner.kv_bytes_per_token,
             )
+            core = EngineCore(runner, scheduler)
+            self._kv_max_bytes = kv_bytes
         except Exception as exc:
             log.exception("failed to load %s", self.binding.model)
             with self._lock:
@@ -236,22 +256,53 @@ class LocalEngine:
         )
 
 
+class _Poster:
+    """Hands items from the step thread to one event loop's channels with one wake-up for all
+    that arrive before the loop runs (a step of 16 streams would otherwise wake it 16 times)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[_Channel, list[Item]]] = []
+
+    def post(self, channel: _Channel, items: list[Item]) -> None:
+        with self._lock:
+            self._pending.append((channel, items))
+            if len(self._pending) > 1:  # a wake-up is already on its way
+                return
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for channel, items in pending:
+            channel.put_all(items)
+
+
+_posters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poster] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class _Channel:
     """Items from the step thread to one generate() call on the event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        poster = _posters.get(loop)
+        if poster is None:
+            poster = _posters[loop] = _Poster(loop)
+        self._poster = poster
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
 
     def sink(self, items: list[Item]) -> None:
-        """Called on the step thread. A closed loop raises RuntimeError: nobody listens any more."""
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._put_all, items)
+        """Called on the step thread."""
+        self._poster.post(self, items)
 
     async def get(self) -> Item:
         return await self._queue.get()
 
-    def _put_all(self, items: list[Item]) -> None:
+    def put_all(self, items: list[Item]) -> None:
         for item in items:
             self._queue.put_nowait(item)
 
@@ -259,6 +310,12 @@ class _Channel:
 def _vocab_size(loaded: LoadedModel) -> int:
     """The width of the model's logits (the grammar's token masks are as wide)."""
     return int(loaded.model.config.get_text_config(decoder=True).vocab_size)
+
+
+def _queue_full(max_queue: int) -> OverloadedError:
+    error = OverloadedError(f"The engine has {max_queue} requests waiting; retry later.")
+    error.retry_after_s = 1.0
+    return error
 
 
 def _check_sampling(params: SamplingParams) -> None:

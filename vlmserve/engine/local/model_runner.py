@@ -1,38 +1,93 @@
-"""Owns the model and every tensor: prefill, decode steps, sampling, per-sequence KV caches.
+"""Owns the model and every tensor: chunked prefill, one batched decode forward per step,
+sampling, and the KV of every running sequence. Makes no scheduling decisions.
 
-Each running sequence has its own ``DynamicCache`` with one row per live choice: the prompt is
-prefilled once (batch 1) and the cache repeated ``n`` times, so ``n`` choices cost one prefill.
-Positions are always passed explicitly (3-D for M-RoPE families), so no per-model state such as
-Qwen2-VL's ``rope_deltas`` is shared between sequences. Makes no scheduling decisions.
+Prefill runs per sequence (batch 1) into the sequence's own ``DynamicCache``, in chunks of at most
+the token budget the scheduler hands out when the prompt's embeddings are known (the prompt-cache
+path: ``inputs_embeds`` built by prefix_cache.py, cached vision features and prefix KV included);
+otherwise the prompt goes in one forward, the model's own way. On the embeddings path the media
+the prompt still needs are encoded first, one unit per step (an image, or one tile for tiling
+families: embedder.py), so a big picture never holds the decode rows for more than one unit.
+A finished prefill's cache is repeated once per choice (``n`` choices cost one prefill) and
+*joins* a decode group.
 
-With a ``PrefixCache`` (the automatic prompt cache) a prefill starts after the prompt's longest
-cached block-aligned prefix and feeds ``inputs_embeds`` that prefix_cache.py built (cached vision
-features included); positions are still computed for the whole prompt, then sliced.
+A decode group is one ``DynamicCache`` holding the rows of many sequences, left-padded to a
+common length, decoded in one forward with a 2-D attention mask (zeros over each row's padding)
+and explicit per-row positions (``Family.decode_positions``: one text position per row, rope
+delta included), so any family whose positions follow that contract batches without extra work.
+Rows of one sequence are adjacent, so sampling, penalties and logits processors (grammar masks)
+run per sequence on its slice of the logits with its own seeded generator: a request samples the
+same tokens whatever its neighbours. Rows leave with ``batch_select_indices``; padding columns
+that every row has are then cut off. Caches with layers other than full-attention
+``DynamicLayer`` (sliding windows forget, so their lengths cannot be aligned by padding) get a
+group of their own: such a family still runs, one forward per sequence.
+
+Preemption frees a sequence's rows; when it runs again its prompt is prefilled again (cheap when
+the prompt cache has it) and its choices' generated tokens are fed back in one forward, so
+generation resumes exactly where it stopped.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from vlmserve.engine.local.block_manager import supports
+from vlmserve.engine.local.embedder import MediaSlot
 from vlmserve.engine.local.loader import LoadedModel
-from vlmserve.engine.local.prefix_cache import PrefixCache
+from vlmserve.engine.local.prefix_cache import Prefill, PrefixCache
 from vlmserve.engine.local.sampler import apply_penalties, make_generator, sample
 from vlmserve.engine.local.sequence import Sequence
 from vlmserve.engine.types import FinishReason, PromptCacheStats
 
+log = logging.getLogger("vlmserve.engine")
 
-@dataclass(slots=True)
-class _State:
+
+@dataclass(slots=True, eq=False)
+class _Prompt:
+    """A prefill in progress."""
+
+    inputs: dict[str, torch.Tensor]  # on the device
+    positions: torch.Tensor  # of the whole prompt
     cache: Any
-    rows: list[int]  # choice index of each cache row
-    position: int  # text position of the next token to feed
+    start: int  # prompt tokens the cache holds
+    plan: Prefill | None  # None: the prompt goes in one forward, the model's own way
+    units: list[tuple[MediaSlot, int]] = field(default_factory=list)  # vision units to encode
+    parts: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # their features so far
+
+
+@dataclass(slots=True, eq=False)
+class _State:
+    seq: Sequence
+    rows: list[int]  # choice index of each of its rows
     rope_delta: int
     generator: torch.Generator
-    counts: torch.Tensor | None  # rows x vocab generated-token counts, only with penalties
+    position: int = 0  # text position of the next token to feed
+    counts: torch.Tensor | None = None  # rows x vocab generated-token counts, only with penalties
     last_tokens: torch.Tensor | None = None  # rows
+    prompt: _Prompt | None = None  # while prefilling
+    group: _Group | None = None  # once decoding
+
+
+@dataclass(slots=True, eq=False)
+class _Group:
+    """Rows decoded together in one forward: one left-padded cache."""
+
+    shared: bool  # the group every batchable sequence joins
+    cache: Any = None
+    states: list[_State] = field(default_factory=list)  # in row order
+    pads: list[int] = field(default_factory=list)  # leading padding of each row
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.pads)
+
+    @property
+    def length(self) -> int:
+        return int(self.cache.get_seq_length()) if self.cache is not None else 0
 
 
 class ModelRunner:
@@ -45,56 +100,193 @@ class ModelRunner:
         self.cache_kwarg = loaded.cache_kwarg
         self.num_tokens = len(loaded.tokenizer)  # logits past the tokenizer are never sampled
         self.prefix_cache = prefix_cache
+        self.batchable = supports(self._new_cache())
+        self.kv_bytes_per_token = _kv_bytes_per_token(self.model.config, self.dtype)
         self._states: dict[int, _State] = {}
+        # seq_id → the generator of a preempted sequence: resumed sampling continues its draws
+        self._parked: dict[int, torch.Generator] = {}
+        self._shared = _Group(shared=True)
+        self._groups: list[_Group] = [self._shared]
+
+    # -- prefill -------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def prefill(self, seq: Sequence) -> dict[int, int]:
-        """Run the prompt, set ``seq.num_cached_tokens``; returns choice index → first token."""
-        inputs = self._to_device(seq.prompt.model_inputs)
-        positions, rope_delta = self.family.prefill_positions(inputs)
-        plan = self.prefix_cache.plan(seq, inputs) if self.prefix_cache else None
+    def prefill(self, seq: Sequence, budget: int) -> tuple[int, dict[int, int] | None]:
+        """Compute up to ``budget`` more prompt tokens of ``seq`` (all of them when the prompt
+        cannot be split). Returns (tokens computed, choice index → first token once the prompt
+        is done, else None). A sequence that was preempted resumes without a new first token:
+        it returns an empty dict when it joins the decode rows again."""
+        state = self._states.get(seq.seq_id) or self._begin(seq)
+        prompt = state.prompt
+        assert prompt is not None
+        if prompt.units:  # one vision-encoding unit per step, between decode steps
+            self._encode_unit(prompt)
+            return 0, None
+        total = seq.prompt.num_tokens
+        plan = prompt.plan
         if plan is None:
-            cache = self._new_cache()
-            logits = self._forward(inputs, positions, cache)
+            logits = self._forward(prompt.inputs, prompt.positions, prompt.cache)
+            computed = total
         else:
-            cache = plan.cache
-            embeds = {"inputs_embeds": plan.inputs_embeds}
-            logits = self._forward(embeds, positions[..., plan.start :], cache)
-            seq.num_cached_tokens = plan.start
-            assert self.prefix_cache is not None
-            self.prefix_cache.commit(seq, plan)
+            embeds = plan.inputs_embeds
+            if embeds is None:
+                assert self.prefix_cache is not None
+                encoded = {key: torch.cat(parts) for key, parts in prompt.parts.items()}
+                embeds = self.prefix_cache.embed(plan, prompt.inputs, encoded)
+                prompt.parts.clear()
+            end = total if budget >= total - prompt.start else prompt.start + max(1, budget)
+            lo, hi = prompt.start - plan.start, end - plan.start
+            logits = self._forward(
+                {"inputs_embeds": embeds[:, lo:hi]},
+                prompt.positions[..., prompt.start : end],
+                prompt.cache,
+            )
+            computed = end - prompt.start
+        prompt.start += computed
+        seq.num_computed_tokens = prompt.start
+        if prompt.start < total:
+            return computed, None
+        if prompt.plan is not None and self.prefix_cache is not None:
+            self.prefix_cache.commit(seq, prompt.plan)
+        state.prompt = None
+        state.position = total
+        if seq.live_choices and seq.live_choices[0].output_ids:
+            self._resume(state, prompt.cache)
+            return computed, {}
         n = seq.sampling.n
+        cache = prompt.cache
         if n > 1:
             cache.batch_repeat_interleave(n)
             logits = logits.expand(n, -1).clone()
-        state = _State(
-            cache=cache,
-            rows=list(range(n)),
-            position=seq.prompt.num_tokens,
-            rope_delta=rope_delta,
-            generator=make_generator(seq.sampling.seed, self.device),
-            counts=self._counts(seq, n),
-        )
+        state.rows = list(range(n))
+        state.counts = self._counts(seq, n)
+        tokens = self._sample(seq, state, logits)
+        self._join(state, cache)
+        return computed, tokens
+
+    def _begin(self, seq: Sequence) -> _State:
+        inputs = self._to_device(seq.prompt.model_inputs)
+        positions, rope_delta = self.family.prefill_positions(inputs)
+        fresh = seq.num_preemptions == 0
+        plan = self.prefix_cache.plan(seq, inputs, record=fresh) if self.prefix_cache else None
+        if plan is None:
+            prompt = _Prompt(inputs, positions, self._new_cache(), 0, None)
+        else:
+            prompt = _Prompt(inputs, positions, plan.cache, plan.start, plan)
+            assert self.prefix_cache is not None and self.prefix_cache.embedder is not None
+            prompt.units = self.prefix_cache.embedder.units(plan.slots, plan.start)
+            if fresh:
+                seq.num_cached_tokens = plan.start
+        generator = self._parked.pop(seq.seq_id, None)
+        if generator is None:
+            generator = make_generator(seq.sampling.seed, self.device)
+        state = _State(seq, [], rope_delta, generator)
+        state.prompt = prompt
         self._states[seq.seq_id] = state
-        return self._sample(seq, state, logits)
+        return state
+
+    def _encode_unit(self, prompt: _Prompt) -> None:
+        assert prompt.plan is not None and self.prefix_cache is not None
+        embedder = self.prefix_cache.embedder
+        assert embedder is not None
+        slot, unit = prompt.units.pop(0)
+        features = embedder.encode_unit(prompt.inputs, prompt.plan.slots, slot, unit)
+        prompt.parts.setdefault(slot.identity, []).append(features)
+
+    def _resume(self, state: _State, cache: Any) -> None:
+        """After a preemption: feed the live choices' generated tokens (but the last, which is
+        fed by the next decode step) after the recomputed prompt."""
+        seq = state.seq
+        live = seq.live_choices
+        state.rows = [c.index for c in live]
+        outputs = torch.tensor([c.output_ids for c in live], device=self.device)
+        if len(live) > 1:
+            cache.batch_repeat_interleave(len(live))
+        fed = outputs.shape[1] - 1
+        if fed:
+            text = torch.full((len(live),), state.position + state.rope_delta, device=self.device)
+            positions = torch.cat(
+                [self.family.decode_positions(text + j) for j in range(fed)], dim=-1
+            )
+            self._forward({"input_ids": outputs[:, :fed]}, positions, cache)
+            state.position += fed
+        state.last_tokens = outputs[:, -1]
+        counts = self._counts(seq, len(live))
+        if counts is not None:
+            counts.scatter_add_(1, outputs, torch.ones_like(outputs, dtype=counts.dtype))
+        state.counts = counts
+        self._join(state, cache)
+
+    # -- decode --------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def decode(self, seq: Sequence) -> dict[int, int]:
-        """One step for every live choice of ``seq``; returns choice index → next token."""
-        state = self._states[seq.seq_id]
-        assert state.last_tokens is not None
-        num_rows = len(state.rows)
-        text_positions = torch.full(
-            (num_rows,), state.position + state.rope_delta, dtype=torch.long, device=self.device
-        )
-        positions = self.family.decode_positions(text_positions)
-        inputs = {"input_ids": state.last_tokens.view(num_rows, 1)}
-        logits = self._forward(inputs, positions, state.cache)
-        state.position += 1
-        return self._sample(seq, state, logits)
+    def decode(self) -> dict[int, dict[int, int] | Exception]:
+        """One step for every decoding row: one forward per group (one group when the family
+        batches). Returns seq_id → (choice index → next token), or the error that failed it."""
+        results: dict[int, dict[int, int] | Exception] = {}
+        for group in self._groups:
+            if not group.states:
+                continue
+            try:
+                logits = self._decode_forward(group)
+            except Exception as exc:  # the forward is shared: every row of the group fails
+                log.exception("a batched decode step failed")
+                for state in group.states:
+                    results[state.seq.seq_id] = exc
+                continue
+            offset = 0
+            for state in group.states:
+                rows = len(state.rows)
+                state.position += 1
+                try:
+                    results[state.seq.seq_id] = self._sample(
+                        state.seq, state, logits[offset : offset + rows]
+                    )
+                except Exception as exc:  # one sequence's sampling or grammar: only it fails
+                    results[state.seq.seq_id] = exc
+                offset += rows
+        return results
+
+    def _decode_forward(self, group: _Group) -> torch.Tensor:
+        tokens: list[torch.Tensor] = []
+        text: list[int] = []
+        for state in group.states:
+            assert state.last_tokens is not None
+            tokens.append(state.last_tokens)
+            text += [state.position + state.rope_delta] * len(state.rows)
+        inputs: dict[str, Any] = {"input_ids": torch.cat(tokens).view(-1, 1)}
+        if any(group.pads):
+            pads = torch.tensor(group.pads, device=self.device).unsqueeze(1)
+            columns = torch.arange(group.length + 1, device=self.device).unsqueeze(0)
+            inputs["attention_mask"] = (columns >= pads).long()
+        positions = torch.tensor(text, dtype=torch.long, device=self.device)
+        return self._forward(inputs, self.family.decode_positions(positions), group.cache)
+
+    # -- rows joining and leaving --------------------------------------------------------------
+
+    def _join(self, state: _State, cache: Any) -> None:
+        group = self._shared if self.batchable else _Group(shared=False)
+        if not group.shared:
+            self._groups.append(group)
+        rows = len(state.rows)
+        if group.cache is None:
+            group.cache, group.pads = cache, [0] * rows
+        else:
+            length, new = group.length, int(cache.get_seq_length())
+            if new < length:
+                _pad_left(cache, length - new)
+                group.pads += [length - new] * rows
+            else:
+                _pad_left(group.cache, new - length)
+                group.pads = [p + new - length for p in group.pads] + [0] * rows
+            for mine, theirs in zip(group.cache.layers, cache.layers, strict=True):
+                mine.keys = torch.cat([mine.keys, theirs.keys])
+                mine.values = torch.cat([mine.values, theirs.values])
+        group.states.append(state)
+        state.group = group
 
     def retire(self, seq: Sequence, finished: set[int]) -> None:
-        """Drop the cache rows of choices that finished; the others keep decoding."""
+        """Drop the rows of choices that finished; the others keep decoding."""
         state = self._states.get(seq.seq_id)
         if state is None or not finished:
             return
@@ -102,21 +294,84 @@ class ModelRunner:
         if not keep:
             self.free(seq)
             return
+        self._leave(state, keep)
         index = torch.tensor(keep, device=self.device)
-        state.cache.batch_select_indices(index)
         state.rows = [state.rows[i] for i in keep]
         if state.counts is not None:
             state.counts = state.counts[index]
         if state.last_tokens is not None:
             state.last_tokens = state.last_tokens[index]
 
+    def _leave(self, state: _State, keep: list[int]) -> None:
+        """Keep only rows ``keep`` (indices into ``state.rows``) of ``state`` in its group."""
+        group = state.group
+        if group is None:
+            return
+        offset = 0
+        for other in group.states:
+            if other is state:
+                break
+            offset += len(other.rows)
+        dropped = {offset + i for i in range(len(state.rows)) if i not in keep}
+        remaining = [i for i in range(group.num_rows) if i not in dropped]
+        if not keep:
+            group.states.remove(state)
+            state.group = None
+        if not remaining:
+            group.cache, group.pads = None, []
+            if not group.shared:
+                self._groups.remove(group)
+            return
+        group.cache.batch_select_indices(torch.tensor(remaining, device=self.device))
+        group.pads = [group.pads[i] for i in remaining]
+        cut = min(group.pads)
+        if cut:  # columns that are padding in every row
+            for layer in group.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
+            group.pads = [p - cut for p in group.pads]
+
     def free(self, seq: Sequence) -> None:
+        """Forget ``seq`` (finished, aborted or failed); an answered conversation's KV is kept
+        for the next turn by the prompt cache."""
         state = self._states.pop(seq.seq_id, None)
+        self._parked.pop(seq.seq_id, None)
+        answer = None
+        if state is not None:
+            if self.prefix_cache is not None and _is_answered(seq, state):
+                answer = self._row_cache(state, 0)
+            self._leave(state, [])
         if self.prefix_cache is None:
             return
-        if state is not None and _is_answered(seq, state):
-            self.prefix_cache.keep_answer(seq, state.cache)
+        if answer is not None:
+            self.prefix_cache.keep_answer(seq, answer)
         self.prefix_cache.release(seq.seq_id)
+
+    def preempt(self, seq: Sequence) -> None:
+        """Free ``seq``'s KV; it prefills again (prompt, then its generated tokens) later."""
+        state = self._states.pop(seq.seq_id, None)
+        if state is not None:
+            self._leave(state, [])
+            self._parked[seq.seq_id] = state.generator
+        if self.prefix_cache is not None:
+            self.prefix_cache.release(seq.seq_id)
+        seq.num_computed_tokens = 0
+
+    def _row_cache(self, state: _State, row: int) -> Any:
+        """A cache holding row ``row`` of ``state``, padding cut off (views, not copies)."""
+        group = state.group
+        if group is None or group.cache is None:
+            return None
+        index = sum(len(s.rows) for s in group.states[: group.states.index(state)]) + row
+        pad = group.pads[index]
+        cache = self._new_cache()
+        for mine, theirs in zip(cache.layers, group.cache.layers, strict=True):
+            keys = theirs.keys[index : index + 1, :, pad:]
+            values = theirs.values[index : index + 1, :, pad:]
+            mine.lazy_initialization(keys, values)
+            mine.keys, mine.values = keys, values
+        return cache
+
+    # -- readings ------------------------------------------------------------------------------
 
     def prompt_cache_stats(self) -> PromptCacheStats | None:
         return self.prefix_cache.stats() if self.prefix_cache else None
@@ -124,6 +379,30 @@ class ModelRunner:
     @property
     def num_active(self) -> int:
         return len(self._states)
+
+    def kv_bytes(self) -> int:
+        """Bytes the decode groups' caches hold now, padding included (read from any thread:
+        a snapshot of what the step thread may be changing)."""
+        total = 0
+        for group in list(self._groups):
+            cache = group.cache
+            if cache is not None:
+                for layer in list(cache.layers):
+                    keys = layer.keys
+                    total += 2 * keys.numel() * keys.element_size()
+        return total
+
+    def describe(self) -> str:
+        """One line about the decode groups (for the per-step debug log)."""
+        parts = []
+        for group in self._groups:
+            if group.num_rows:
+                cells = group.num_rows * group.length
+                waste = sum(group.pads) / cells if cells else 0.0
+                parts.append(f"{group.num_rows} rows x {group.length} ({waste:.0%} padding)")
+        return ", ".join(parts) or "no rows"
+
+    # -- helpers -------------------------------------------------------------------------------
 
     def _forward(self, inputs: dict[str, Any], positions: torch.Tensor, cache: Any) -> torch.Tensor:
         out = self.model(
@@ -169,6 +448,31 @@ class ModelRunner:
                 tensor = tensor.to(self.dtype)
             moved[name] = tensor
         return moved
+
+
+def default_kv_bytes(device: torch.device) -> int:
+    """The KV budget when the settings leave it at 0: 60 % of the GPU memory free after loading
+    the model, or a quarter of the machine's RAM on a CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def _pad_left(cache: Any, amount: int) -> None:
+    for layer in cache.layers:
+        layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, amount, 0))
+        layer.values = torch.nn.functional.pad(layer.values, (0, 0, amount, 0))
+
+
+def _kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """KV bytes one token of one row takes in every layer (an upper bound for sliding layers)."""
+    text = config.get_text_config(decoder=True)
+    heads = int(getattr(text, "num_attention_heads", 1))
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    layers = int(text.num_hidden_layers)
+    return 2 * layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
 
 
 def _is_answered(seq: Sequence, state: _State) -> bool:

@@ -1,6 +1,7 @@
 """The automatic prompt cache, as the model runner uses it: ``plan`` a prefill that starts after
-the longest cached block-aligned prefix and takes encoded media from the encoder cache, run it,
-``commit`` the prompt's new blocks, ``keep_answer`` and ``release`` when the sequence ends.
+the longest cached block-aligned prefix, ``embed`` its tail (encoded media from the encoder cache
+or encoded ahead in units), run it, ``commit`` the prompt's new blocks, ``keep_answer`` and
+``release`` when the sequence ends.
 
 Step semantics (reference/step-api.md 8.3): automatic (no request flag), prompts over 256 tokens,
 256-token units; ``usage.cached_tokens`` is the number of prompt tokens whose KV came from the
@@ -48,11 +49,12 @@ log = logging.getLogger("vlmserve.engine")
 class Prefill:
     start: int  # prompt tokens whose KV ``cache`` already holds (a multiple of the block size)
     cache: Any  # a DynamicCache, the sequence's own
-    inputs_embeds: torch.Tensor  # prompt tokens [start:]
     keys: list[bytes]  # of every full block of the prompt
     blocks: list[Block]  # the matched ones
-    num_encoded: int  # media items the vision tower ran for
-    num_encoder_hits: int  # media items whose features came from the encoder cache
+    slots: tuple[MediaSlot, ...]  # the prompt's media
+    inputs_embeds: torch.Tensor | None = None  # prompt tokens [start:], once ``embed`` ran
+    num_encoded: int = 0  # media items the vision tower ran for
+    num_encoder_hits: int = 0  # media items whose features came from the encoder cache
 
 
 class PrefixCache:
@@ -79,12 +81,16 @@ class PrefixCache:
 
         return DynamicCache(config=self.model.config)
 
-    def plan(self, seq: Sequence, inputs: dict[str, torch.Tensor]) -> Prefill | None:
-        """How to prefill ``seq`` (``inputs`` on the device), or None: the model's own way."""
+    def plan(
+        self, seq: Sequence, inputs: dict[str, torch.Tensor], *, record: bool = True
+    ) -> Prefill | None:
+        """How to prefill ``seq`` (``inputs`` on the device), or None: the model's own way.
+        ``record``: count it in the hit rates (not when a preempted sequence is recomputed)."""
         token_ids = seq.prompt.token_ids
         slots = self.embedder.layout(inputs, seq.prompt.media_identities) if self.embedder else None
         if slots is None:
-            self.blocks.record(len(token_ids), 0)
+            if record:
+                self.blocks.record(len(token_ids), 0)
             return None
         keys: list[bytes] = []
         if self.reuses_kv:
@@ -99,10 +105,24 @@ class PrefixCache:
         cache = self.new_cache()
         if blocks:
             fill(cache, blocks)
+        if record:
+            self.blocks.record(len(token_ids), start)
+        return Prefill(start, cache, keys, blocks, slots)
+
+    def embed(
+        self,
+        plan: Prefill,
+        inputs: dict[str, torch.Tensor],
+        encoded: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The prompt's ``inputs_embeds`` from ``plan.start`` on; ``encoded``: vision features
+        encoded ahead in units (``embedder.encode_unit``), by identity."""
         assert self.embedder is not None
-        embeds, num_encoded, num_hits = self.embedder.embed(inputs, slots, start)
-        self.blocks.record(len(token_ids), start)
-        return Prefill(start, cache, embeds, keys, blocks, num_encoded, num_hits)
+        embeds, plan.num_encoded, plan.num_encoder_hits = self.embedder.embed(
+            inputs, plan.slots, plan.start, encoded
+        )
+        plan.inputs_embeds = embeds
+        return embeds
 
     def commit(self, seq: Sequence, plan: Prefill) -> None:
         """Keep the prompt's blocks; ``plan.cache`` holds exactly the prompt's KV (one row)."""

@@ -78,6 +78,8 @@ class Sequence:
         self.max_new_tokens = max_new_tokens
         self.status = SequenceStatus.WAITING
         self.num_cached_tokens = 0  # prompt tokens a prefix cache supplied
+        self.num_computed_tokens = 0  # prompt tokens whose KV is computed (chunked prefill)
+        self.num_preemptions = 0  # times its KV was freed to be recomputed
         self.logits_processors: list[LogitsProcessor] = []  # e.g. grammar masks, per sequence
         stops = request.sampling.stop
         self.choices = [
@@ -90,6 +92,7 @@ class Sequence:
             for i in range(request.sampling.n)
         ]
         self._sink = sink
+        self._started = False
         self._outbox: list[Item] = []
 
     @property
@@ -100,7 +103,29 @@ class Sequence:
     def live_choices(self) -> list[Choice]:
         return [c for c in self.choices if not c.is_finished]
 
+    @property
+    def num_rows(self) -> int:
+        """Decode rows it takes: one per live choice."""
+        return sum(not c.is_finished for c in self.choices)
+
+    @property
+    def is_prefilled(self) -> bool:
+        return self.num_computed_tokens >= self.prompt.num_tokens
+
+    @property
+    def num_kv_tokens(self) -> int:
+        """Tokens of KV it holds (or will hold once prefilled): every row, prompt and answer."""
+        generated = max((len(c.output_ids) for c in self.live_choices), default=0)
+        return self.num_rows * (self.prompt.num_tokens + generated)
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
     def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
         usage = replace(self.prompt.usage, cached_tokens=self.num_cached_tokens)
         self._emit(Started(usage))
 

