@@ -22,7 +22,10 @@ class CachingEngine(FakeEngine):
             num_requests=4, num_hit_requests=1, num_prompt_tokens=1024, num_cached_tokens=256,
             kv_bytes=1000, kv_max_bytes=4000, num_encoder_hits=3, num_encoder_misses=1,
         )  # fmt: skip
-        return EngineHealth(True, "ready", 4096, num_running=2, num_waiting=5, prompt_cache=stats)
+        return EngineHealth(
+            True, "ready", 4096, num_running=2, num_waiting=5, num_preempted=1,
+            num_preemptions=7, prompt_cache=stats,
+        )  # fmt: skip
 
 
 def _scrape(metrics: Metrics) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -32,6 +35,18 @@ def _scrape(metrics: Metrics) -> dict[str, dict[tuple[tuple[str, str], ...], flo
         for sample in family.samples:
             out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return out
+
+
+def test_every_engine_field_is_its_own_series_so_scrapers_do_not_reject_duplicates() -> None:
+    metrics = Metrics({EngineBinding(model="m"): CachingEngine()})
+    asyncio.run(metrics.engines.refresh())
+    seen: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        seen += [(s.name, tuple(sorted(s.labels.items()))) for s in family.samples]
+    assert len(seen) == len(set(seen))
+    s = _scrape(metrics)
+    assert s["vlmserve:num_requests_preempted"][(("model", "m"),)] == 1
+    assert s["vlmserve:num_preemptions_total"][(("model", "m"),)] == 7
 
 
 def test_engine_health_and_prompt_cache_numbers_are_exported() -> None:

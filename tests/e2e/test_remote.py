@@ -49,11 +49,16 @@ def upstream_args(urls: list[str], model: str) -> list[str]:
     return [arg for url in urls for arg in ("--upstream", url)] + ["--upstream-model", model]
 
 
+# Replicas that run one sequence at a time, so requests beyond the first wait in a replica's queue
+# without a byte sent: what the failover test needs to tell waiting from streaming requests.
+ONE_AT_A_TIME = {"VLMSERVE_ENGINE__MAX_NUM_SEQS": "1"}
+
+
 @pytest.fixture(scope="module")
 def cluster(dummy_models: dict[str, Path]) -> Iterator[Cluster]:
     model = dummy_models["qwen2_vl"]
     fakes = [UpstreamServer(FakeUpstream(Behaviour(model=FAKE_MODEL))).start() for _ in range(3)]
-    replicas = [ServeProcess(model, log_level="info") for _ in range(2)]
+    replicas = [ServeProcess(model, log_level="info", extra_env=ONE_AT_A_TIME) for _ in range(2)]
     front = ServeProcess(
         model, upstream_args([r.api for r in replicas], MODEL), extra_env=FAST_HEALTH
     )
@@ -252,24 +257,26 @@ def stream_until(front: ServeProcess, text: str, killed: threading.Event) -> Str
     record = StreamRecord()
 
     def run() -> None:
-        try:
-            stream = client(front).chat.completions.create(
-                model=MODEL,
-                messages=[{"role": "user", "content": text}],
-                max_tokens=3000,
-                temperature=1.0,
-                stream=True,
-            )
-            after_kill = 0
-            for _ in stream:
-                record.started.set()
-                after_kill += killed.is_set()
-                if after_kill >= 3:
-                    break
-            stream.close()  # frees the replica for the next request
-            record.outcome = "ok"
-        except openai.APIError as exc:
-            record.outcome = f"{type(exc).__name__}: {exc}"
+        # closed here: a client left to the garbage collector warns of its open socket
+        with client(front) as sdk:
+            try:
+                stream = sdk.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": text}],
+                    max_tokens=3000,
+                    temperature=1.0,
+                    stream=True,
+                )
+                after_kill = 0
+                for _ in stream:
+                    record.started.set()
+                    after_kill += killed.is_set()
+                    if after_kill >= 3:
+                        break
+                stream.close()  # frees the replica for the next request
+                record.outcome = "ok"
+            except openai.APIError as exc:
+                record.outcome = f"{type(exc).__name__}: {exc}"
 
     threading.Thread(target=run, daemon=True).start()
     return record
@@ -308,7 +315,7 @@ def test_killed_replica_comes_back_and_gets_traffic_again(cluster: Cluster) -> N
     hi: Any = [{"role": "user", "content": "hi"}]
     reply = sdk.chat.completions.create(model=MODEL, messages=hi, max_tokens=2)
     assert reply.choices[0].finish_reason in ("stop", "length")  # served by the survivor
-    back = ServeProcess(cluster.model, port=old.port, log_level="info")
+    back = ServeProcess(cluster.model, port=old.port, log_level="info", extra_env=ONE_AT_A_TIME)
     cluster.stopped.append(back)
     back.wait_ready()
     wait_replicas_up(cluster.front, 2)

@@ -195,7 +195,11 @@ def test_eight_concurrent_streams_with_images_complete_with_exact_usage(
 
     async def stream(aclient: openai.AsyncOpenAI, messages: list) -> tuple[int, int, str]:
         chunks = await aclient.chat.completions.create(
-            model=MODEL, messages=messages, max_tokens=12, stream=True
+            model=MODEL,
+            messages=messages,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         reason, last_usage = "", None
         async for chunk in chunks:

@@ -53,7 +53,7 @@ _INTAKE_BUCKETS += (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ENGINE_FIELDS: dict[str, tuple[str, str, str]] = {
     "num_running": ("num_requests_running", "gauge", "Sequences generating now."),
     "num_waiting": ("num_requests_waiting", "gauge", "Sequences queued, not yet prefilled."),
-    "num_preempted": ("num_preemptions", "counter", "Sequences preempted since the start."),
+    "num_preempted": ("num_requests_preempted", "gauge", "Waiting sequences to be recomputed."),
     "num_preemptions": ("num_preemptions", "counter", "Sequences preempted since the start."),
     "kv_cache_usage": ("kv_cache_usage_perc", "gauge", "KV cache usage, 0-1 (1: full)."),
     "kv_cache_bytes": ("kv_cache_bytes", "gauge", "KV cache memory in use."),
