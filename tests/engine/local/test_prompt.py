@@ -88,6 +88,22 @@ def test_images_are_placed_where_their_parts_are(tiny_models: dict[str, Path], f
     assert prep.prepare(prompt).media_identities == identities
 
 
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+def test_remote_usage_image_tokens_without_processing_equal_the_full_count(
+    tiny_models: dict[str, Path], family: str
+) -> None:
+    prep = preparer(tiny_models[family])
+    high = (prep.family.image_edges() or (64, 64))[1]
+    prompt = Prompt(
+        (Message("user", (MediaPart(0), MediaPart(1), MediaPart(2), TextPart("?"))),),
+        media(image(40, 40, seed=1), image(high + 30, high // 2, seed=2), image(40, 40, seed=3)),
+    )
+    usage = prep.prepare(prompt).usage
+    assert usage.image_tokens > 0
+    assert prep.media_tokens(prompt) == (usage.image_tokens, usage.video_tokens)
+    assert prep.media_tokens(prompt) == (usage.image_tokens, 0)  # remembered sizes: same answer
+
+
 def test_reference_to_missing_media_is_a_bad_request(qwen2_vl: PromptPreparer) -> None:
     prompt = Prompt((Message("user", (MediaPart(3),)),))
     with pytest.raises(InvalidRequestError, match="media #3"):

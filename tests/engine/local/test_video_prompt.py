@@ -79,6 +79,15 @@ def test_idefics3_gets_timestamped_frames_billed_as_video_tokens(idefics3: Promp
     assert prepared.media_identities == (*(f"v1#{i}" for i in range(4)), prompt.media[0].identity)
 
 
+def test_remote_usage_splits_frames_and_pictures_as_the_full_count_does(
+    idefics3: PromptPreparer, qwen2_vl: PromptPreparer
+) -> None:
+    usage = idefics3.prepare(with_image(idefics3)).usage
+    assert usage.video_tokens > 0 and usage.image_tokens > 0
+    assert idefics3.media_tokens(with_image(idefics3)) == (usage.image_tokens, usage.video_tokens)
+    assert qwen2_vl.media_tokens(with_image(qwen2_vl)) is None  # native video: a full count
+
+
 def test_video_tokens_follow_the_frame_count(
     idefics3: PromptPreparer, qwen2_vl: PromptPreparer
 ) -> None:

@@ -54,6 +54,10 @@ class FakeCounter:
         self.counted.append(prompt)
         return COUNTED
 
+    async def media_tokens(self, prompt: Prompt) -> tuple[int, int]:
+        usage = await self.count(prompt)
+        return usage.image_tokens, usage.video_tokens
+
     def processor_kwargs(self, prompt: Prompt) -> dict[str, Any]:
         return self.kwargs
 

@@ -64,6 +64,16 @@ class ProcessorCounter:
         prepared = await loop.run_in_executor(self._pool, preparer.prepare, prompt, tools)
         return prepared.usage
 
+    async def media_tokens(self, prompt: Prompt) -> tuple[int, int]:
+        preparer = self._preparer
+        if preparer is not None:
+            loop = asyncio.get_running_loop()
+            known = await loop.run_in_executor(self._pool, preparer.media_tokens, prompt)
+            if known is not None:
+                return known
+        usage = await self.count(prompt)
+        return usage.image_tokens, usage.video_tokens
+
     def processor_kwargs(self, prompt: Prompt) -> dict[str, Any]:
         family = self._family
         if family is None:

@@ -30,6 +30,7 @@ from vlmserve.engine.types import MediaInput, MediaPart, Message, Prompt, Prompt
 from vlmserve.errors import InvalidRequestError
 
 _IMAGE, _VIDEO = 1, 2  # mm_token_type_ids values
+_MAX_SIZES = 4096  # picture sizes whose token count is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,23 @@ class PromptPreparer:
             outputs.pop("mm_token_type_ids", None)
         outputs.pop("attention_mask", None)  # one unpadded row: the causal mask says it all
         return PreparedPrompt(token_ids, dict(outputs), usage, self._identities(prompt), span)
+
+    def media_tokens(self, prompt: Prompt) -> tuple[int, int] | None:
+        """``prepare(prompt).usage``'s (image_tokens, video_tokens) without processing the whole
+        prompt: the processor expands every picture of one size alike, so one probe per size
+        (remembered) tells, and a request resending pictures costs no pixel work. None when it
+        cannot tell so (native videos, an unknown processor): ``prepare`` then."""
+        if self.family.native_video and any(m.kind == "video" for m in prompt.media):
+            return None
+        counts = {"image": 0, "video": 0}
+        for index in _media_order(prompt):
+            media = prompt.media[index]
+            for frame in media.frames:
+                tokens = self._tokens_of_frame(frame)
+                if tokens is None:
+                    return None
+                counts[media.kind] += tokens
+        return counts["image"], counts["video"]
 
     def render(self, prompt: Prompt, tools: tuple[dict[str, Any], ...] = ()) -> str:
         """The prompt as the chat template renders it (media as the template's placeholders)."""
@@ -150,16 +168,20 @@ class PromptPreparer:
         for index in _media_order(prompt):
             media = prompt.media[index]
             if media.kind == "video":
-                total += sum(self._tokens_of_frame(frame) for frame in media.frames)
+                # unknown processor: its frames count as image tokens
+                total += sum(self._tokens_of_frame(frame) or 0 for frame in media.frames)
         return total
 
-    def _tokens_of_frame(self, frame: Image.Image) -> int:
+    def _tokens_of_frame(self, frame: Image.Image) -> int | None:
+        """The image tokens of a picture of ``frame``'s size; None: unknown processor."""
         size = self.family.fit_image(frame).size
         if size not in self._frame_tokens:
             placeholder = getattr(self.processor, "image_token", None)
             if not isinstance(placeholder, str):
-                return 0  # unknown processor: its frames count as image tokens
+                return None
             probe = self._process(placeholder, [Image.new("RGB", size)], [])
+            if len(self._frame_tokens) >= _MAX_SIZES:  # sizes are client-chosen: stay bounded
+                self._frame_tokens.clear()
             self._frame_tokens[size] = _usage((), probe, self.family).image_tokens
         return self._frame_tokens[size]
 

@@ -111,6 +111,11 @@ class TokenCounter(Protocol):
         """Cheap, never raises: ready once loaded, with the model's ``image_edges``."""
         ...
 
+    async def media_tokens(self, prompt: Prompt) -> tuple[int, int]:
+        """The (image, video) tokens ``count`` would report for ``prompt``; cheap for pictures
+        of sizes seen before (no pixel work). ``OverloadedError`` until loaded."""
+        ...
+
     def processor_kwargs(self, prompt: Prompt) -> dict[str, Any]:
         """``mm_processor_kwargs`` under which a vLLM replica sizes and tiles ``prompt``'s
         pictures as ``count`` did (SmolVLM: ``size``); {} when none are needed or not loaded.
@@ -447,8 +452,7 @@ class RemoteEngine:
         if state.has_modalities or not request.prompt.media or self._token_counter is None:
             return usage
         if state.own_modalities is None:  # counted once per request
-            local = await self._token_counter.count(request.prompt, request.tools or ())
-            state.own_modalities = (local.image_tokens, local.video_tokens)
+            state.own_modalities = await self._token_counter.media_tokens(request.prompt)
         image_tokens, video_tokens = state.own_modalities
         usage = replace(usage, image_tokens=image_tokens, video_tokens=video_tokens)
         state.prompt_usage = usage
