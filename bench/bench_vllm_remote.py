@@ -42,6 +42,7 @@ from bench.bench_gateway import PASSTHROUGH
 from bench.benchlib import write_section
 from bench.vllm_cpu import ensure_vllm_cpu, server_command
 from vlmserve.engine.local.counter import load_preparer
+from vlmserve.media.resize import fit
 
 MODEL = "step-1o-turbo-vision"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -165,6 +166,7 @@ def cache_share(
     turns: int,
     usage_of: Any,
     extra: dict[str, Any] | None = None,
+    size: tuple[int, int] = PICTURE_SIZE,
 ) -> dict[str, float]:
     prompt = cached = 0
     with httpx.Client() as client:
@@ -172,7 +174,7 @@ def cache_share(
             messages: list[Any] = [{"role": "system", "content": "You describe pictures."}]
             for turn in range(turns):
                 messages.append(
-                    image_turn(f"Turn {turn}: and this one?", picture(seed * 10 + turn))
+                    image_turn(f"Turn {turn}: and this one?", picture(seed * 10 + turn, size))
                 )
                 reply = chat(client, base, model, messages, 4, extra)
                 p, c = usage_of(reply["usage"])
@@ -249,15 +251,18 @@ def main() -> None:
         n = args.conversations
         through = cache_share(ways["vlmserve"][0], MODEL, range(100, 100 + n), 6, vlmserve_usage)
         direct = cache_share(vllm_api, str(model), range(200, 200 + n), 6, vllm_usage)
-        # What vlmserve sends along (SmolVLM: the tiling it counted): the direct way with the
-        # same options sees the same prompt tokens, so its cache share compares like for like.
-        kwargs = load_preparer(model)[1].upstream_processor_kwargs([PICTURE_SIZE])
+        # What vlmserve sends: each picture at the size it counted (detail=low by default) and
+        # the processor options for it (SmolVLM: the tiling). The direct way sending the same
+        # sees the same prompt tokens, so its cache share compares like for like.
+        family = load_preparer(model)[1]
+        sent = fit(PICTURE_SIZE, (family.image_edges() or (None, None))[0])
+        kwargs = family.upstream_processor_kwargs([sent])
         same = cache_share(
             vllm_api, str(model), range(300, 300 + n), 6, vllm_usage,
-            {"mm_processor_kwargs": kwargs} if kwargs else None,
+            {"mm_processor_kwargs": kwargs} if kwargs else None, sent,
         )  # fmt: skip
     cache = {"vlmserve": through, "direct": direct, "direct, vlmserve's processor options": same}
-    result = {"family": args.family, **timing, "cache": cache, "kwargs": kwargs}
+    result = {"family": args.family, **timing, "cache": cache, "kwargs": kwargs, "sent": sent}
     print(json.dumps(result, indent=1))
     if not args.no_docs:
         write_section(DOCS, SECTION, render(result, args))
@@ -289,9 +294,11 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"Prompt cache, {args.conversations} six-turn image conversations each way (a new picture "
         "every turn, answers carried along):",
         "",
-        "(`direct, vlmserve's processor options`: the direct way sending the "
-        f"`mm_processor_kwargs` vlmserve sends, `{json.dumps(result['kwargs'])}`, so vLLM sizes "
-        "and tiles the pictures as vlmserve counted them and the prompts match.)",
+        "(`direct, vlmserve's processor options`: the direct way sending what vlmserve sends, "
+        "each picture at the size it counted ({}x{}, detail=low) with the `mm_processor_kwargs` "
+        "`{}`, so vLLM sizes and tiles the pictures as vlmserve counted them.)".format(
+            *result["sent"], json.dumps(result["kwargs"])
+        ),
         "",
         "| way | prompt tokens | served from vLLM's cache | share |",
         "|---|---|---|---|",
