@@ -29,7 +29,7 @@ from vlmserve.dummy.families import (
     idefics3_tokenizer_files,
     idefics3_tokenizer_spec,
 )
-from vlmserve.dummy.shapes import Idefics3Shape, TextShape
+from vlmserve.dummy.shapes import IDEFICS3_SHAPES, Idefics3Shape
 
 # HuggingFaceTB/SmolVLM2-256M-Video-Instruct chat_template.json: SmolVLM's template plus a
 # ``<video>`` placeholder for video parts.
@@ -42,55 +42,12 @@ SMOLVLM2_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
+# SmolVLM2's checkpoints have the dimensions of their SmolVLM counterparts; tiny as idefics3's
+# (4 tokens a 32 px tile, at most 2x2 tiles + the global view).
 SMOLVLM_SHAPES: dict[str, Idefics3Shape] = {
-    # as idefics3's tiny: 4 tokens a 32 px tile, at most 2x2 tiles + the global view
-    "tiny": Idefics3Shape(
-        text=TextShape(
-            vocab_size=4096,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=8192,
-            rope_theta=100000.0,
-            rms_norm_eps=1e-5,
-            tie_word_embeddings=False,
-        ),
-        vision_hidden_size=32,
-        vision_intermediate_size=64,
-        vision_num_hidden_layers=2,
-        vision_num_attention_heads=2,
-        patch_size=8,
-        tile_size=32,
-        scale_factor=2,
-        longest_edge=64,
-        dtype="float32",
-    ),
+    "tiny": IDEFICS3_SHAPES["tiny"],
     # HuggingFaceTB/SmolVLM2-256M-Video-Instruct: SmolLM2-135M-sized decoder, 93M SigLIP
-    "smolvlm2-256m": Idefics3Shape(
-        text=TextShape(
-            vocab_size=49280,
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            max_position_embeddings=8192,
-            rope_theta=100000.0,
-            rms_norm_eps=1e-5,
-            tie_word_embeddings=False,
-        ),
-        vision_hidden_size=768,
-        vision_intermediate_size=3072,
-        vision_num_hidden_layers=12,
-        vision_num_attention_heads=12,
-        patch_size=16,
-        tile_size=512,
-        scale_factor=4,
-        longest_edge=2048,
-        dtype="bfloat16",
-    ),
+    "smolvlm2-256m": IDEFICS3_SHAPES["smolvlm-256m"],
 }
 
 
