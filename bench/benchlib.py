@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +36,17 @@ def spawn(script: str, *args: object) -> Any:
     cmd = [sys.executable, script, "--child", json.dumps(args)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+@contextmanager
+def stock_linears(model: Any) -> Iterator[None]:
+    """The engine's model with plain ``nn.Linear`` layers (as stock transformers loads it) for a
+    ``generate`` baseline on the same model object; packed again afterwards."""
+    from vlmserve.engine.local.packed_linear import pack_language_model, unpack_language_model
+
+    packed = unpack_language_model(model)
+    try:
+        yield
+    finally:
+        if packed:
+            pack_language_model(model)

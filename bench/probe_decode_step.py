@@ -5,8 +5,9 @@ forward loop, alternating on the engine's step thread (one OpenMP team). Run by 
 
 ``DIR``: a dummy model directory (``bench_families.py`` keeps them under
 /tmp/vlmserve-bench-models). Prints ms per token per round: the engine's (from its events), the
-median gap between two of ``generate``'s logits-processor calls, and a loop of bare forwards with
-the engine's positions and cache (what the decode step costs without the engine around it).
+median gap between two of ``generate``'s logits-processor calls (stock ``nn.Linear`` layers),
+and a loop of bare forwards with the engine's positions and cache (what the decode step costs
+without the engine around it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_families import engine_run, prompt  # noqa: E402
+from benchlib import stock_linears  # noqa: E402
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 from vlmserve.catalog.spec import EngineBinding  # noqa: E402
@@ -54,10 +56,11 @@ def baseline(engine: LocalEngine, p: Prompt, tokens: int) -> tuple[float, float]
         }
         stamp = Stamp()
         with torch.inference_mode():
-            loaded.model.generate(
-                **inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                logits_processor=LogitsProcessorList([stamp]),
-            )  # fmt: skip
+            with stock_linears(loaded.model):
+                loaded.model.generate(
+                    **inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                    logits_processor=LogitsProcessorList([stamp]),
+                )  # fmt: skip
             cache = DynamicCache(config=loaded.model.config)
             out = loaded.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)

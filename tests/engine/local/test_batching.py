@@ -92,7 +92,8 @@ def decisive(path: Path, **settings: object) -> LocalEngine:
     engine = start_engine(path, dtype="float32", **settings)
     assert engine._loaded is not None
     with torch.no_grad():
-        engine._loaded.model.get_output_embeddings().weight.mul_(8.0)
+        # The final norm's scale multiplies every logit (the output head may be oneDNN-packed).
+        engine._loaded.model.get_decoder().norm.weight.mul_(8.0)
     return engine
 
 

@@ -18,6 +18,7 @@ from huggingface_hub import constants as hub_constants
 
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.local.families import Family, family_for
+from vlmserve.engine.local.packed_linear import can_pack, pack_language_model
 from vlmserve.errors import ModelUnavailableError
 from vlmserve.settings import EngineSettings
 
@@ -55,6 +56,8 @@ def load_model(binding: EngineBinding, settings: EngineSettings) -> LoadedModel:
     check_family(binding, model.config)
     model = model.to(device)  # type: ignore[arg-type]
     model.eval()
+    if settings.cpu_packed_linear and can_pack(device, dtype):
+        pack_language_model(model)
     return LoadedModel(
         model=model,
         processor=processor,

@@ -1,0 +1,99 @@
+"""oneDNN-packed linear layers on the CPU: the same numbers as ``nn.Linear``, whatever the batch,
+only where they pay (the decoder and an untied output head), and a way back for baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vlmserve.catalog.spec import EngineBinding
+from vlmserve.engine.local.loader import load_model
+from vlmserve.engine.local.packed_linear import (
+    PackedLinear,
+    can_pack,
+    pack_language_model,
+    unpack_language_model,
+)
+from vlmserve.settings import EngineSettings
+
+pytestmark = pytest.mark.skipif(
+    not can_pack(torch.device("cpu"), torch.float32), reason="this torch build has no oneDNN"
+)
+
+
+def _packed(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, PackedLinear)]
+
+
+def test_a_packed_layer_computes_what_nn_linear_computes() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 96)
+    packed = PackedLinear(linear)
+    x = torch.randn(2, 7, 64)
+    with torch.inference_mode():
+        assert torch.allclose(packed(x), linear(x), atol=1e-5)
+        assert packed(x).shape == (2, 7, 96)
+
+
+def test_a_row_gets_the_same_bits_alone_and_in_a_batch_of_any_size() -> None:
+    # Batched decoding must not change a request's logits: one kernel for every row count.
+    torch.manual_seed(0)
+    packed = PackedLinear(nn.Linear(576, 1536, bias=False))
+    rows = torch.randn(16, 576)
+    with torch.inference_mode():
+        alone = packed(rows[:1])
+        for m in (2, 3, 4, 8, 16):
+            assert torch.equal(packed(rows[:m])[:1], alone), m
+
+
+def test_loading_packs_the_decoder_and_head_but_not_the_vision_tower(
+    tiny_models: dict[str, Path],
+) -> None:
+    loaded = load_model(EngineBinding(model=str(tiny_models["idefics3"])), EngineSettings())
+    model = loaded.model
+    assert loaded.dtype == torch.float32 or pytest.skip("this CPU loads bfloat16")
+    decoder_linears = [m for m in model.get_decoder().modules() if isinstance(m, nn.Linear)]
+    assert decoder_linears == [] and len(_packed(model.get_decoder())) > 0
+    assert isinstance(model.get_output_embeddings(), PackedLinear)
+    vision = model.model.vision_model
+    assert _packed(vision) == [] and any(isinstance(m, nn.Linear) for m in vision.modules())
+    assert not any(isinstance(p, PackedLinear) for p in model.parameters())  # state stays plain
+
+
+def test_the_setting_turns_packing_off(tiny_models: dict[str, Path]) -> None:
+    settings = EngineSettings(cpu_packed_linear=False)
+    loaded = load_model(EngineBinding(model=str(tiny_models["idefics3"])), settings)
+    assert _packed(loaded.model) == []
+
+
+def test_a_head_tied_to_the_embeddings_is_not_copied(tiny_models: dict[str, Path]) -> None:
+    # gemma3 ties its output head to the input embeddings: packing it would hold the
+    # vocabulary matrix twice.
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_models["gemma3"], dtype=torch.float32)
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    assert head.weight is embeddings.weight
+    assert pack_language_model(model) > 0
+    assert model.get_output_embeddings() is head and type(head) is nn.Linear
+
+
+def test_unpacking_gives_back_the_same_model_output(tiny_models: dict[str, Path]) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(
+        tiny_models["qwen2_vl"], dtype=torch.float32
+    )
+    ids = torch.tensor([[5, 9, 14, 3, 7]])
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+        packed = pack_language_model(model)
+        during = model(input_ids=ids).logits
+        assert unpack_language_model(model) == packed
+        after = model(input_ids=ids).logits
+    assert _packed(model) == []
+    assert torch.allclose(during, before, atol=1e-4)
+    assert torch.equal(after, before)
