@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ def load_model(binding: EngineBinding, settings: EngineSettings) -> LoadedModel:
     model = model.to(device)  # type: ignore[arg-type]
     model.eval()
     if settings.cpu_packed_linear and can_pack(device, dtype):
-        pack_language_model(model)
+        # A tied output head is packed as a copy (oneDNN computes the one-row product ~1.7x
+        # faster than MKL) when that copy is small beside the machine's memory.
+        pack_language_model(model, tied_head_max_bytes=_physical_memory() // 16)
     return LoadedModel(
         model=model,
         processor=processor,
@@ -130,6 +133,10 @@ def max_model_len(config: Any) -> int:
     raise ValueError(
         "the model config has no max_position_embeddings: its context window is unknown"
     )
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _cache_kwarg(model: Any) -> str:
