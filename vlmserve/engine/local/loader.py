@@ -60,7 +60,7 @@ def load_model(binding: EngineBinding, settings: EngineSettings) -> LoadedModel:
     if settings.cpu_packed_linear and can_pack(device, dtype):
         # A tied output head is packed as a copy (oneDNN computes the one-row product ~1.7x
         # faster than MKL) when that copy is small beside the machine's memory.
-        pack_language_model(model, tied_head_max_bytes=_physical_memory() // 16)
+        pack_language_model(model, tied_head_max_bytes=physical_memory() // 16)
     return LoadedModel(
         model=model,
         processor=processor,
@@ -135,7 +135,8 @@ def max_model_len(config: Any) -> int:
     )
 
 
-def _physical_memory() -> int:
+def physical_memory() -> int:
+    """Bytes of RAM this machine has."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 

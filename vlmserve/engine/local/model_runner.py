@@ -29,7 +29,6 @@ generation resumes exactly where it stopped.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +36,7 @@ import torch
 
 from vlmserve.engine.local.block_manager import supports
 from vlmserve.engine.local.embedder import MediaSlot
-from vlmserve.engine.local.loader import LoadedModel
+from vlmserve.engine.local.loader import LoadedModel, physical_memory
 from vlmserve.engine.local.prefix_cache import Prefill, PrefixCache
 from vlmserve.engine.local.sampler import apply_penalties, make_generator, sample
 from vlmserve.engine.local.sequence import Sequence
@@ -456,7 +455,7 @@ def default_kv_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.6)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    return physical_memory() // 4
 
 
 def _pad_left(cache: Any, amount: int) -> None:

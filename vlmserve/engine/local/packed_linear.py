@@ -23,6 +23,7 @@ in place; ``torch.compile``'s prepacking needs a compiled graph the engine's dyn
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -71,16 +72,12 @@ def pack_language_model(model: Any, tied_head_max_bytes: int = 0) -> int:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     if not isinstance(decoder, nn.Module):
         return 0
-    count = _pack_children(decoder)
+    count = _replace(decoder, lambda m: type(m) is nn.Linear, PackedLinear)
     head = model.get_output_embeddings()
     embeddings = model.get_input_embeddings()
     tied = embeddings is not None and head is not None and head.weight is embeddings.weight
     if type(head) is nn.Linear and (not tied or _nbytes(head.weight) <= tied_head_max_bytes):
-        for parent in model.modules():
-            for name, child in list(parent.named_children()):
-                if child is head:
-                    setattr(parent, name, PackedLinear(child))
-                    count += 1
+        count += _replace(model, lambda m: m is head, PackedLinear)
     log.info("packed %d linear layers of the language model for oneDNN", count)
     return count
 
@@ -88,24 +85,21 @@ def pack_language_model(model: Any, tied_head_max_bytes: int = 0) -> int:
 def unpack_language_model(model: nn.Module) -> int:
     """Undo ``pack_language_model`` (benchmarks compare the engine with stock transformers on
     the same model object). Returns how many layers were unpacked."""
+    return _replace(model, lambda m: isinstance(m, PackedLinear), lambda m: m.unpacked())
+
+
+def _replace(
+    root: nn.Module, match: Callable[[Any], bool], make: Callable[[Any], nn.Module]
+) -> int:
+    """Put ``make(child)`` in place of every child module under ``root`` that ``match``es."""
     count = 0
-    for parent in list(model.modules()):
+    for parent in list(root.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, PackedLinear):
-                setattr(parent, name, child.unpacked())
+            if match(child):
+                setattr(parent, name, make(child))
                 count += 1
     return count
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
-
-
-def _pack_children(module: nn.Module) -> int:
-    count = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear(child))
-                count += 1
-    return count
