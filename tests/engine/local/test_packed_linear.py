@@ -3,6 +3,7 @@ only where they pay (the decoder and an untied output head), and a way back for 
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from vlmserve.catalog.spec import EngineBinding
+from vlmserve.engine.local import packed_linear
 from vlmserve.engine.local.loader import load_model
 from vlmserve.engine.local.packed_linear import (
     PackedLinear,
@@ -108,3 +110,40 @@ def test_unpacking_gives_back_the_same_model_output(tiny_models: dict[str, Path]
     assert _packed(model) == []
     assert torch.allclose(during, before, atol=1e-4)
     assert torch.equal(after, before)
+
+
+class _FourLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = nn.Sequential(
+            *(nn.Sequential(nn.Linear(32, 32), nn.ReLU()) for _ in range(4))
+        )
+
+    def get_decoder(self) -> nn.Module:
+        return self.decoder
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def get_input_embeddings(self) -> None:
+        return None
+
+
+def test_packing_frees_each_original_weight_before_packing_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Packing every layer while all the originals stayed alive needed twice the layers' memory:
+    # a 3B model in float32 was killed for memory on a 24 GiB machine right after loading.
+    model = _FourLayers()
+    weights = [weakref.ref(m.weight) for m in model.modules() if isinstance(m, nn.Linear)]
+    alive_at_each_pack: list[int] = []
+
+    class Watching(PackedLinear):
+        def __init__(self, linear: nn.Linear) -> None:
+            alive_at_each_pack.append(sum(w() is not None for w in weights))
+            super().__init__(linear)
+
+    monkeypatch.setattr(packed_linear, "PackedLinear", Watching)
+    assert pack_language_model(model) == 4
+    assert alive_at_each_pack == [4, 3, 2, 1]  # the layers packed before are gone already
+    assert all(w() is None for w in weights)
