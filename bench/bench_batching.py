@@ -112,11 +112,14 @@ def child_generate(model_dir: str) -> dict[str, Any]:
     with torch.inference_mode():
         model.model.get_image_features(pixels)
         costs = []
-        for _ in range(3):
+        for _ in range(7):
             started = time.perf_counter()
             model.model.get_image_features(pixels)
             costs.append(time.perf_counter() - started)
+    # A unit's cost varies from run to run on this shared machine: the stall target compares the
+    # longest gap with the longest unit (plus a step), the median gap with the median unit.
     result["unit_s"] = statistics.median(costs)
+    result["unit_max_s"] = max(costs)
     result["step_s"] = 1 / result["generate_b1"]
     return result
 
@@ -435,8 +438,11 @@ def table(gen: dict[str, Any], results: dict[str, dict[str, Any]], command: str)
             f"inter-token gap median {st['gap_median'] * 1000:.0f} ms, max "
             f"{st['gap_max'] * 1000:.0f} ms (before it arrived: {st['gap_before'] * 1000:.0f} "
             f"ms); its own TTFT {st['newcomer_ttft']:.2f} s. One vision unit (a 512-px tile) "
-            f"costs {gen['unit_s'] * 1000:.0f} ms and a batch-1 decode step "
-            f"{gen['step_s'] * 1000:.0f} ms (`generate`)."
+            f"costs {gen['unit_s'] * 1000:.0f} ms (median of 7; longest "
+            f"{gen.get('unit_max_s', gen['unit_s']) * 1000:.0f} ms) and a batch-1 decode step "
+            f"{gen['step_s'] * 1000:.0f} ms (`generate`): longest gap - (longest unit + step) = "
+            f"{(st['gap_max'] - gen.get('unit_max_s', gen['unit_s']) - gen['step_s']) * 1000:+.0f} "
+            "ms."
         )
     return "\n".join(lines) + "\n"
 

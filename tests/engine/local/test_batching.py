@@ -70,7 +70,8 @@ class Recorder:
         runner = engine._core.runner
         self.logits: dict[str, list[torch.Tensor]] = {}
         self.max_rows = 0
-        sample, forward = runner._sample, runner._decode_forward
+        self.prefill_rows: list[int] = []  # rows of each padded prefill forward
+        sample, forward, padded = runner._sample, runner._decode_forward, runner._forward_padded
 
         def recording_sample(seq: Any, state: Any, logits: torch.Tensor) -> dict[int, int]:
             self.logits.setdefault(seq.request_id, []).append(logits.clone())
@@ -80,12 +81,18 @@ class Recorder:
             self.max_rows = max(self.max_rows, group.num_rows)
             return forward(group)
 
+        def recording_padded(rows: list[Any], pads: list[int]) -> Any:
+            self.prefill_rows.append(len(rows))
+            return padded(rows, pads)
+
         runner._sample = recording_sample  # type: ignore[method-assign]
         runner._decode_forward = recording_forward  # type: ignore[method-assign]
+        runner._forward_padded = recording_padded  # type: ignore[method-assign]
 
     def clear(self) -> None:
         self.logits.clear()
         self.max_rows = 0
+        self.prefill_rows.clear()
 
 
 def decisive(path: Path, **settings: object) -> LocalEngine:
@@ -327,6 +334,74 @@ def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_output(
     assert got.started is not None
     assert steps > got.started.usage.prompt_tokens // 16  # the prompt took many steps
     assert len(recorder.logits["long"]) == 12
+
+
+def arriving_together(engine: LocalEngine, requests: list[GenerationRequest]) -> list[Result]:
+    """Run ``requests`` with the step thread held until every one is queued, so that a single
+    step admits them all."""
+    core, started, gate = engine._core, threading.Event(), threading.Event()
+    assert core is not None
+
+    def hold() -> None:
+        started.set()
+        gate.wait(10)
+
+    async def run() -> list[Result]:
+        held = core.call(hold)
+        await until(started.is_set)
+        tasks = [asyncio.create_task(collect(engine, r)) for r in requests]
+        await until(lambda: core.num_waiting == len(requests))
+        gate.set()
+        await asyncio.wrap_future(held)
+        return list(await asyncio.gather(*tasks))
+
+    return asyncio.run(run())
+
+
+def four_questions() -> list[GenerationRequest]:
+    questions = ("Name three colours.", "Name two rivers.", "What is two plus two?", "Name a bird.")
+    return [
+        request(text_prompt(q), f"t{i}", max_tokens=8, n=2 if i == 1 else 1)
+        for i, q in enumerate(questions)
+    ]
+
+
+def test_prompts_arriving_together_share_one_prefill_forward_and_answer_as_alone(
+    batching: LocalEngine,
+) -> None:
+    requests = four_questions()
+    recorder = Recorder(batching)
+    alone = [asyncio.run(collect(batching, r)) for r in requests]
+    alone_logits = dict(recorder.logits)
+    assert recorder.prefill_rows == []  # one at a time: nothing to share
+    recorder.clear()
+    together = arriving_together(batching, requests)
+    assert recorder.prefill_rows == [len(requests)]  # one padded forward for all four prompts
+    for a, t in zip(alone, together, strict=True):
+        assert t.texts == a.texts
+        assert_same(t, a)
+    for rid, steps in recorder.logits.items():
+        for mine, theirs in zip(steps, alone_logits[rid], strict=True):
+            torch.testing.assert_close(mine, theirs, atol=2e-3, rtol=1e-4)
+
+
+def test_a_failed_shared_prefill_runs_its_prompts_one_by_one(batching: LocalEngine) -> None:
+    assert batching._core is not None
+    runner = batching._core.runner
+    requests = four_questions()
+    alone = [asyncio.run(collect(batching, r)) for r in requests]
+
+    def broken(rows: list[Any], pads: list[int]) -> Any:
+        raise RuntimeError("the shared prefill ran out of memory")
+
+    runner._forward_padded = broken  # type: ignore[method-assign]
+    try:
+        together = arriving_together(batching, requests)
+    finally:
+        del runner._forward_padded  # the class's method again
+    for a, t in zip(alone, together, strict=True):
+        assert t.finished == a.finished
+        assert t.texts == a.texts
 
 
 def _num_running(engine: LocalEngine) -> int:

@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
-from vlmserve.engine.local.model_runner import ModelRunner
+from vlmserve.engine.local.model_runner import ModelRunner, Prefilled
 from vlmserve.engine.local.scheduler import Scheduler
 from vlmserve.engine.local.sequence import Sequence
 from vlmserve.errors import InternalError, OverloadedError, VlmserveError
@@ -121,9 +121,9 @@ class EngineCore:
         self._num_prefilled = 0
         if plan.decode:
             self._decode()
-        for seq, budget in plan.prefill:
-            if not seq.is_finished:
-                self._guarded(seq, partial(self._prefill, seq, budget))
+        live = [(seq, budget) for seq, budget in plan.prefill if not seq.is_finished]
+        for seq, outcome in self.runner.prefill_many(live):
+            self._guarded(seq, partial(self._prefilled, seq, outcome))
         if debug:
             log.debug(
                 "step: decode %d seqs (%s); prefill %d tokens (budget %d) of %d seqs; "
@@ -153,8 +153,10 @@ class EngineCore:
                 continue
             self._guarded(seq, partial(self._append, seq, result))
 
-    def _prefill(self, seq: Sequence, budget: int) -> None:
-        computed, tokens = self.runner.prefill(seq, budget)
+    def _prefilled(self, seq: Sequence, outcome: Prefilled | Exception) -> None:
+        if isinstance(outcome, Exception):
+            raise outcome
+        computed, tokens = outcome
         self._num_prefilled += computed  # 0: a vision-encoding unit ran instead
         if tokens is None:  # more chunks to go
             return

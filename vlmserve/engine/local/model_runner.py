@@ -1,14 +1,16 @@
 """Owns the model and every tensor: chunked prefill, one batched decode forward per step,
 sampling, and the KV of every running sequence. Makes no scheduling decisions.
 
-Prefill runs per sequence (batch 1) into the sequence's own ``DynamicCache``, in chunks of at most
-the token budget the scheduler hands out when the prompt's embeddings are known (the prompt-cache
-path: ``inputs_embeds`` built by prefix_cache.py, cached vision features and prefix KV included);
+Prefill fills each sequence's own ``DynamicCache``, in chunks of at most the token budget the
+scheduler hands out when the prompt's embeddings are known (the prompt-cache path:
+``inputs_embeds`` built by prefix_cache.py, cached vision features and prefix KV included);
 otherwise the prompt goes in one forward, the model's own way. On the embeddings path the media
 the prompt still needs are encoded first, one unit per step (an image, or one tile for tiling
 families: embedder.py), so a big picture never holds the decode rows for more than one unit.
-A finished prefill's cache is repeated once per choice (``n`` choices cost one prefill) and
-*joins* a decode group.
+Fresh prompts of similar length that arrive together and fit the step's budget whole are
+prefilled in one left-padded forward (one GEMM over all their tokens instead of a small one per
+prompt); each row's KV then goes on as that sequence's cache. A finished prefill's cache is
+repeated once per choice (``n`` choices cost one prefill) and *joins* a decode group.
 
 A decode group is one ``DynamicCache`` holding the rows of many sequences, left-padded to a
 common length, decoded in one forward with a 2-D attention mask (zeros over each row's padding)
@@ -29,8 +31,9 @@ generation resumes exactly where it stopped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -43,6 +46,11 @@ from vlmserve.engine.local.sequence import Sequence
 from vlmserve.engine.types import FinishReason, PromptCacheStats
 
 log = logging.getLogger("vlmserve.engine")
+T = TypeVar("T")
+Prefilled = tuple[int, dict[int, int] | None]  # tokens computed; the first tokens once done
+# Prompts prefilled in one padded forward may compute at most this much more than their tokens:
+# one GEMM over every row beats a forward per prompt while padding wastes little.
+PAD_SLACK = 1.25
 
 
 @dataclass(slots=True, eq=False)
@@ -109,8 +117,36 @@ class ModelRunner:
 
     # -- prefill -------------------------------------------------------------------------------
 
+    def prefill_many(
+        self, items: list[tuple[Sequence, int]]
+    ) -> Iterator[tuple[Sequence, Prefilled | Exception]]:
+        """Prefill every (sequence, token budget) of a step, yielding each sequence's outcome
+        (``prefill``'s, or the error that failed it) as soon as it is known. Fresh prompts that
+        fit their budget whole and have their embeddings ready share left-padded forwards, rows
+        of similar length only (``similar_lengths``); the rest go one by one."""
+        together: list[tuple[Sequence, int]] = []
+        alone: list[tuple[Sequence, int]] = []
+        for seq, budget in items:
+            try:
+                ready = self._ready_whole(seq, budget)
+            except Exception as exc:
+                yield seq, exc
+                continue
+            (together if ready else alone).append((seq, budget))
+        for group in similar_lengths(together, lambda item: item[0].prompt.num_tokens):
+            if len(group) > 1:
+                yield from self._prefill_together([seq for seq, _ in group])
+            else:
+                alone += group
+        for seq, budget in alone:
+            try:
+                outcome: Prefilled | Exception = self.prefill(seq, budget)
+            except Exception as exc:
+                outcome = exc
+            yield seq, outcome
+
     @torch.inference_mode()
-    def prefill(self, seq: Sequence, budget: int) -> tuple[int, dict[int, int] | None]:
+    def prefill(self, seq: Sequence, budget: int) -> Prefilled:
         """Compute up to ``budget`` more prompt tokens of ``seq`` (all of them when the prompt
         cannot be split). Returns (tokens computed, choice index → first token once the prompt
         is done, else None). A sequence that was preempted resumes without a new first token:
@@ -127,12 +163,7 @@ class ModelRunner:
             logits = self._forward(prompt.inputs, prompt.positions, prompt.cache)
             computed = total
         else:
-            embeds = plan.inputs_embeds
-            if embeds is None:
-                assert self.prefix_cache is not None
-                encoded = {key: torch.cat(parts) for key, parts in prompt.parts.items()}
-                embeds = self.prefix_cache.embed(plan, prompt.inputs, encoded)
-                prompt.parts.clear()
+            embeds = self._embeds(prompt)
             end = total if budget >= total - prompt.start else prompt.start + max(1, budget)
             lo, hi = prompt.start - plan.start, end - plan.start
             logits = self._forward(
@@ -145,13 +176,107 @@ class ModelRunner:
         seq.num_computed_tokens = prompt.start
         if prompt.start < total:
             return computed, None
+        return computed, self._complete(state, logits)
+
+    @torch.inference_mode()
+    def _ready_whole(self, seq: Sequence, budget: int) -> bool:
+        """Whether ``seq``'s whole prompt can go in a padded forward with others now: fresh (no
+        cached prefix, not resumed after a preemption), within ``budget``, media encoded."""
+        state = self._states.get(seq.seq_id) or self._begin(seq)
+        prompt = state.prompt
+        return (
+            self.batchable
+            and prompt is not None
+            and prompt.plan is not None
+            and prompt.plan.start == prompt.start == 0
+            and not prompt.units
+            and seq.num_preemptions == 0
+            and budget >= seq.prompt.num_tokens
+        )
+
+    @torch.inference_mode()
+    def _prefill_together(
+        self, seqs: list[Sequence]
+    ) -> list[tuple[Sequence, Prefilled | Exception]]:
+        """One left-padded forward for the whole prompts of ``seqs`` (each ``_ready_whole``);
+        each row's KV then continues as the sequence's own cache. Should the shared forward
+        fail, each prompt runs alone, so a failure stays with the request that caused it."""
+        outcomes: list[tuple[Sequence, Prefilled | Exception]] = []
+        rows: list[tuple[_State, torch.Tensor]] = []
+        for seq in seqs:
+            state = self._states[seq.seq_id]
+            assert state.prompt is not None
+            try:
+                rows.append((state, self._embeds(state.prompt)))
+            except Exception as exc:
+                outcomes.append((seq, exc))
+        if not rows:
+            return outcomes
+        width = max(embeds.shape[1] for _, embeds in rows)
+        pads = [width - embeds.shape[1] for _, embeds in rows]
+        try:
+            logits, cache = self._forward_padded(rows, pads)
+        except Exception:
+            log.exception("a batched prefill failed; its prompts run one by one")
+            for state, _ in rows:
+                try:
+                    outcome: Prefilled | Exception = self.prefill(state.seq, width)
+                except Exception as exc:
+                    outcome = exc
+                outcomes.append((state.seq, outcome))
+            return outcomes
+        for i, (state, _) in enumerate(rows):
+            prompt, total = state.prompt, state.seq.prompt.num_tokens
+            assert prompt is not None and prompt.plan is not None
+            try:
+                prompt.cache = prompt.plan.cache = _cache_row(self._new_cache(), cache, i, pads[i])
+                prompt.start = state.seq.num_computed_tokens = total
+                outcomes.append((state.seq, (total, self._complete(state, logits[i : i + 1]))))
+            except Exception as exc:
+                outcomes.append((state.seq, exc))
+        return outcomes
+
+    def _forward_padded(
+        self, rows: list[tuple[_State, torch.Tensor]], pads: list[int]
+    ) -> tuple[torch.Tensor, Any]:
+        """Last-token logits of every row and a cache of all rows, each left-padded by its pad."""
+        embeds, positions = [], []
+        for (state, row), pad in zip(rows, pads, strict=True):
+            assert state.prompt is not None
+            embeds.append(torch.nn.functional.pad(row, (0, 0, pad, 0)))
+            positions.append(torch.nn.functional.pad(state.prompt.positions, (pad, 0)))
+        width = embeds[0].shape[1]
+        columns = torch.arange(width, device=self.device).unsqueeze(0)
+        mask = (columns >= torch.tensor(pads, device=self.device).unsqueeze(1)).long()
+        cache = self._new_cache()
+        inputs = {"inputs_embeds": torch.cat(embeds), "attention_mask": mask}
+        logits = self._forward(inputs, torch.cat(positions, dim=-2), cache)
+        return logits, cache
+
+    def _embeds(self, prompt: _Prompt) -> torch.Tensor:
+        """The prompt's embeddings from its plan's start, its media features included."""
+        plan = prompt.plan
+        assert plan is not None
+        if plan.inputs_embeds is not None:
+            return plan.inputs_embeds
+        assert self.prefix_cache is not None
+        encoded = {key: torch.cat(parts) for key, parts in prompt.parts.items()}
+        embeds = self.prefix_cache.embed(plan, prompt.inputs, encoded)
+        prompt.parts.clear()
+        return embeds
+
+    def _complete(self, state: _State, logits: torch.Tensor) -> dict[int, int]:
+        """The prompt is in the cache: keep its blocks, sample the first token of every choice
+        from the last position's ``logits`` (one row) and join the decode rows."""
+        seq, prompt = state.seq, state.prompt
+        assert prompt is not None
         if prompt.plan is not None and self.prefix_cache is not None:
             self.prefix_cache.commit(seq, prompt.plan)
         state.prompt = None
-        state.position = total
+        state.position = seq.prompt.num_tokens
         if seq.live_choices and seq.live_choices[0].output_ids:
             self._resume(state, prompt.cache)
-            return computed, {}
+            return {}
         n = seq.sampling.n
         cache = prompt.cache
         if n > 1:
@@ -161,7 +286,7 @@ class ModelRunner:
         state.counts = self._counts(seq, n)
         tokens = self._sample(seq, state, logits)
         self._join(state, cache)
-        return computed, tokens
+        return tokens
 
     def _begin(self, seq: Sequence) -> _State:
         inputs = self._to_device(seq.prompt.model_inputs)
@@ -361,14 +486,7 @@ class ModelRunner:
         if group is None or group.cache is None:
             return None
         index = sum(len(s.rows) for s in group.states[: group.states.index(state)]) + row
-        pad = group.pads[index]
-        cache = self._new_cache()
-        for mine, theirs in zip(cache.layers, group.cache.layers, strict=True):
-            keys = theirs.keys[index : index + 1, :, pad:]
-            values = theirs.values[index : index + 1, :, pad:]
-            mine.lazy_initialization(keys, values)
-            mine.keys, mine.values = keys, values
-        return cache
+        return _cache_row(self._new_cache(), group.cache, index, group.pads[index])
 
     # -- readings ------------------------------------------------------------------------------
 
@@ -456,6 +574,33 @@ def default_kv_bytes(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.6)
     return physical_memory() // 4
+
+
+def similar_lengths(items: list[T], length: Callable[[T], int]) -> list[list[T]]:
+    """``items`` in groups that may share a left-padded forward: longest first, a group grows
+    while its padded size (rows x longest) stays within ``PAD_SLACK`` of its real tokens."""
+    groups: list[list[T]] = []
+    real = 0
+    for item in sorted(items, key=length, reverse=True):
+        size = length(item)
+        if groups and (len(groups[-1]) + 1) * length(groups[-1][0]) <= PAD_SLACK * (real + size):
+            groups[-1].append(item)
+            real += size
+        else:
+            groups.append([item])
+            real = size
+    return groups
+
+
+def _cache_row(into: Any, cache: Any, index: int, pad: int) -> Any:
+    """``into`` (an empty cache) holding row ``index`` of ``cache`` without its first ``pad``
+    columns (views, not copies)."""
+    for mine, theirs in zip(into.layers, cache.layers, strict=True):
+        keys = theirs.keys[index : index + 1, :, pad:]
+        values = theirs.values[index : index + 1, :, pad:]
+        mine.lazy_initialization(keys, values)
+        mine.keys, mine.values = keys, values
+    return into
 
 
 def _pad_left(cache: Any, amount: int) -> None:
