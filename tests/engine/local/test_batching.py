@@ -385,6 +385,20 @@ def test_prompts_arriving_together_share_one_prefill_forward_and_answer_as_alone
             torch.testing.assert_close(mine, theirs, atol=2e-3, rtol=1e-4)
 
 
+def test_identical_long_prompts_arriving_together_still_reuse_each_others_blocks(
+    batching: LocalEngine,
+) -> None:
+    words = " ".join(f"word{i}" for i in range(300))  # over 1,000 tokens: prefilled in chunks
+    requests = [request(text_prompt(f"Summarise: {words}"), f"same{i}") for i in range(2)]
+    first, second = arriving_together(batching, requests)
+    assert first.started is not None and second.started is not None
+    # the second prompt is planned once the first is in the cache: all its full blocks but the
+    # last (whose last token must be computed) come from there
+    total = second.started.usage.prompt_tokens
+    assert second.started.usage.cached_tokens == (total - 1) // 256 * 256 > 0
+    assert first.texts == second.texts
+
+
 def test_a_failed_shared_prefill_runs_its_prompts_one_by_one(batching: LocalEngine) -> None:
     assert batching._core is not None
     runner = batching._core.runner

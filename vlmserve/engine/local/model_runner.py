@@ -126,7 +126,12 @@ class ModelRunner:
         of similar length only (``similar_lengths``); the rest go one by one."""
         together: list[tuple[Sequence, int]] = []
         alone: list[tuple[Sequence, int]] = []
+        later: list[tuple[Sequence, int]] = []  # planned once the prompts before them are in
+        heads: set[tuple[int, ...]] = set()
         for seq, budget in items:
+            if self._may_reuse_a_neighbour(seq, heads):
+                later.append((seq, budget))
+                continue
             try:
                 ready = self._ready_whole(seq, budget)
             except Exception as exc:
@@ -138,7 +143,7 @@ class ModelRunner:
                 yield from self._prefill_together([seq for seq, _ in group])
             else:
                 alone += group
-        for seq, budget in alone:
+        for seq, budget in alone + later:
             try:
                 outcome: Prefilled | Exception = self.prefill(seq, budget)
             except Exception as exc:
@@ -177,6 +182,22 @@ class ModelRunner:
         if prompt.start < total:
             return computed, None
         return computed, self._complete(state, logits)
+
+    def _may_reuse_a_neighbour(self, seq: Sequence, heads: set[tuple[int, ...]]) -> bool:
+        """Whether ``seq``, not begun yet, starts with the same first prompt-cache block as a
+        prompt before it in this step (``heads``: theirs, begun or not). It is then planned
+        after they ran, so that it reuses the blocks they store, as it did when each prompt
+        was planned just before its own prefill, instead of computing them beside them."""
+        if self.prefix_cache is None:
+            return False
+        size = self.prefix_cache.block_tokens
+        if seq.prompt.num_tokens <= size:  # no full block to share
+            return False
+        head = tuple(seq.prompt.token_ids[:size])
+        if head in heads and seq.seq_id not in self._states:
+            return True
+        heads.add(head)
+        return False
 
     @torch.inference_mode()
     def _ready_whole(self, seq: Sequence, budget: int) -> bool:
