@@ -1,0 +1,56 @@
+"""One linear layer, MKL (``F.linear``) against oneDNN over a prepacked weight, at decode and
+prefill row counts. Run by hand, alone (milliseconds per call, medians):
+
+    flock -x /tmp/bench.lock .venv/bin/python bench/probe_linear.py
+
+Shapes: a Qwen2.5-VL-3B MLP (2048 -> 11008 and back) and a SmolVLM-256M one (576 -> 1536);
+oneDNN packed without a batch-size hint (what the engine does), and with hints of 1 and 512 rows.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.nn import functional
+
+SHAPES = ((2048, 11008), (11008, 2048), (576, 1536))
+ROWS = (1, 8, 488)
+
+
+def timed(call: Callable[[], object], repeats: int) -> float:
+    call()
+    call()
+    costs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        costs.append(time.perf_counter() - started)
+    return statistics.median(costs) * 1000
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    linear = torch.ops.mkldnn._linear_pointwise
+    for k, n in SHAPES:
+        weight = torch.randn(n, k)
+        packs = {"packed": torch.ops.mkldnn._reorder_linear_weight(weight)}
+        for hint in (1, 512):
+            packs[f"packed, hint {hint}"] = torch.ops.mkldnn._reorder_linear_weight(weight, hint)
+        for m in ROWS:
+            x = torch.randn(m, k)
+            repeats = 30 if m < 100 else 8
+            row = {"mkl": timed(lambda: functional.linear(x, weight), repeats)}  # noqa: B023
+            for name, packed in packs.items():
+                row[name] = timed(
+                    lambda p=packed: linear(x, p, None, "none", [], ""),  # noqa: B023
+                    repeats,
+                )
+            cells = ", ".join(f"{name} {ms:.2f}" for name, ms in row.items())
+            print(f"{k} -> {n}, {m} rows: {cells} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()
