@@ -71,6 +71,7 @@ class Recorder:
         self.logits: dict[str, list[torch.Tensor]] = {}
         self.max_rows = 0
         self.prefill_rows: list[int] = []  # rows of each padded prefill forward
+        self.prefill_pads: list[list[int]] = []  # and the left padding of its rows
         sample, forward, padded = runner._sample, runner._decode_forward, runner._forward_padded
 
         def recording_sample(seq: Any, state: Any, logits: torch.Tensor) -> dict[int, int]:
@@ -83,6 +84,7 @@ class Recorder:
 
         def recording_padded(rows: list[Any], pads: list[int]) -> Any:
             self.prefill_rows.append(len(rows))
+            self.prefill_pads.append(list(pads))
             return padded(rows, pads)
 
         runner._sample = recording_sample  # type: ignore[method-assign]
@@ -93,6 +95,7 @@ class Recorder:
         self.logits.clear()
         self.max_rows = 0
         self.prefill_rows.clear()
+        self.prefill_pads.clear()
 
 
 def decisive(path: Path, **settings: object) -> LocalEngine:
@@ -397,6 +400,34 @@ def test_identical_long_prompts_arriving_together_still_reuse_each_others_blocks
     total = second.started.usage.prompt_tokens
     assert second.started.usage.cached_tokens == (total - 1) // 256 * 256 > 0
     assert first.texts == second.texts
+
+
+def test_pictures_arriving_together_share_a_prefill_once_encoded_and_answer_as_alone(
+    batching: LocalEngine,
+) -> None:
+    # Image prompts: each picture is encoded in units first (a step each), then both prompts go
+    # in one padded forward; on qwen2_vl with M-RoPE positions whose rope deltas differ per row.
+    requests = [
+        request(
+            Prompt((Message("user", (TextPart(q), MediaPart(0))),), media(image(90, 60, seed))),
+            f"p{seed}",
+            max_tokens=8,
+        )
+        for seed, q in ((1, "What is this?"), (2, "Tell me what that is, in a few words."))
+    ]
+    recorder = Recorder(batching)
+    alone = [asyncio.run(collect(batching, r)) for r in requests]
+    alone_logits = dict(recorder.logits)
+    recorder.clear()
+    together = arriving_together(batching, requests)
+    assert recorder.prefill_rows == [2]
+    assert max(recorder.prefill_pads[0]) > 0  # the shorter prompt really was left-padded
+    for a, t in zip(alone, together, strict=True):
+        assert t.texts == a.texts
+        assert_same(t, a)
+    for rid, steps in recorder.logits.items():
+        for mine, theirs in zip(steps, alone_logits[rid], strict=True):
+            torch.testing.assert_close(mine, theirs, atol=2e-3, rtol=1e-4)
 
 
 def test_a_failed_shared_prefill_runs_its_prompts_one_by_one(batching: LocalEngine) -> None:
