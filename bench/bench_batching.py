@@ -439,10 +439,9 @@ def table(gen: dict[str, Any], results: dict[str, dict[str, Any]], command: str)
             f"{st['gap_max'] * 1000:.0f} ms (before it arrived: {st['gap_before'] * 1000:.0f} "
             f"ms); its own TTFT {st['newcomer_ttft']:.2f} s. One vision unit (a 512-px tile) "
             f"costs {gen['unit_s'] * 1000:.0f} ms (median of 7; longest "
-            f"{gen.get('unit_max_s', gen['unit_s']) * 1000:.0f} ms) and a batch-1 decode step "
+            f"{gen['unit_max_s'] * 1000:.0f} ms) and a batch-1 decode step "
             f"{gen['step_s'] * 1000:.0f} ms (`generate`): longest gap - (longest unit + step) = "
-            f"{(st['gap_max'] - gen.get('unit_max_s', gen['unit_s']) - gen['step_s']) * 1000:+.0f} "
-            "ms."
+            f"{(st['gap_max'] - gen['unit_max_s'] - gen['step_s']) * 1000:+.0f} ms."
         )
     return "\n".join(lines) + "\n"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -115,17 +115,40 @@ def batching(request: pytest.FixtureRequest, tiny_models: dict[str, Path]) -> It
 
 
 def alone_then_together(
-    engine: LocalEngine, requests: list[GenerationRequest]
+    engine: LocalEngine,
+    requests: list[GenerationRequest],
+    run_together: Callable[[LocalEngine, list[GenerationRequest]], list[Result]] | None = None,
 ) -> tuple[list[Result], list[Result], Recorder, dict[str, list[torch.Tensor]]]:
+    """Each request alone, then all at once (``run_together``; default: sent concurrently)."""
     recorder = Recorder(engine)
     alone = [asyncio.run(collect(engine, r)) for r in requests]
     alone_logits = dict(recorder.logits)
+    assert recorder.prefill_rows == []  # one at a time: no prefill to share
     recorder.clear()
 
-    async def together() -> list[Result]:
+    async def concurrently() -> list[Result]:
         return list(await asyncio.gather(*(collect(engine, r) for r in requests)))
 
-    return alone, asyncio.run(together()), recorder, alone_logits
+    together = run_together(engine, requests) if run_together else asyncio.run(concurrently())
+    return alone, together, recorder, alone_logits
+
+
+def assert_as_alone(
+    alone: list[Result],
+    together: list[Result],
+    recorder: Recorder,
+    alone_logits: dict[str, list[torch.Tensor]],
+) -> None:
+    """The same events as alone, and every step's logits close to alone's."""
+    for a, t in zip(alone, together, strict=True):
+        assert t.texts == a.texts
+        assert t.num_tokens == a.num_tokens
+        assert t.finished == a.finished
+        assert_same(t, a)
+    for rid, steps in recorder.logits.items():
+        assert len(steps) == len(alone_logits[rid])
+        for mine, theirs in zip(steps, alone_logits[rid], strict=True):
+            torch.testing.assert_close(mine, theirs, atol=2e-3, rtol=1e-4)
 
 
 def assert_same(got: Result, want: Result) -> None:
@@ -169,15 +192,7 @@ def test_a_request_decodes_the_same_alone_and_in_a_batch_of_eight(
     requests = eight_requests()
     alone, together, recorder, alone_logits = alone_then_together(batching, requests)
     assert recorder.max_rows > 4  # rows of several sequences really shared a forward
-    for a, t in zip(alone, together, strict=True):
-        assert t.texts == a.texts
-        assert t.num_tokens == a.num_tokens
-        assert t.finished == a.finished
-        assert_same(t, a)
-    for rid, steps in recorder.logits.items():
-        assert len(steps) == len(alone_logits[rid])
-        for mine, theirs in zip(steps, alone_logits[rid], strict=True):
-            torch.testing.assert_close(mine, theirs, atol=2e-3, rtol=1e-4)
+    assert_as_alone(alone, together, recorder, alone_logits)
 
 
 def test_mixed_constraints_and_sampling_behave_as_alone_in_one_batch(
@@ -373,19 +388,11 @@ def test_prompts_arriving_together_share_one_prefill_forward_and_answer_as_alone
     batching: LocalEngine,
 ) -> None:
     requests = four_questions()
-    recorder = Recorder(batching)
-    alone = [asyncio.run(collect(batching, r)) for r in requests]
-    alone_logits = dict(recorder.logits)
-    assert recorder.prefill_rows == []  # one at a time: nothing to share
-    recorder.clear()
-    together = arriving_together(batching, requests)
+    alone, together, recorder, alone_logits = alone_then_together(
+        batching, requests, arriving_together
+    )
     assert recorder.prefill_rows == [len(requests)]  # one padded forward for all four prompts
-    for a, t in zip(alone, together, strict=True):
-        assert t.texts == a.texts
-        assert_same(t, a)
-    for rid, steps in recorder.logits.items():
-        for mine, theirs in zip(steps, alone_logits[rid], strict=True):
-            torch.testing.assert_close(mine, theirs, atol=2e-3, rtol=1e-4)
+    assert_as_alone(alone, together, recorder, alone_logits)
 
 
 def test_identical_long_prompts_arriving_together_still_reuse_each_others_blocks(
@@ -415,19 +422,12 @@ def test_pictures_arriving_together_share_a_prefill_once_encoded_and_answer_as_a
         )
         for seed, q in ((1, "What is this?"), (2, "Tell me what that is, in a few words."))
     ]
-    recorder = Recorder(batching)
-    alone = [asyncio.run(collect(batching, r)) for r in requests]
-    alone_logits = dict(recorder.logits)
-    recorder.clear()
-    together = arriving_together(batching, requests)
+    alone, together, recorder, alone_logits = alone_then_together(
+        batching, requests, arriving_together
+    )
     assert recorder.prefill_rows == [2]
     assert max(recorder.prefill_pads[0]) > 0  # the shorter prompt really was left-padded
-    for a, t in zip(alone, together, strict=True):
-        assert t.texts == a.texts
-        assert_same(t, a)
-    for rid, steps in recorder.logits.items():
-        for mine, theirs in zip(steps, alone_logits[rid], strict=True):
-            torch.testing.assert_close(mine, theirs, atol=2e-3, rtol=1e-4)
+    assert_as_alone(alone, together, recorder, alone_logits)
 
 
 def test_a_failed_shared_prefill_runs_its_prompts_one_by_one(batching: LocalEngine) -> None:

@@ -144,11 +144,14 @@ class ModelRunner:
             else:
                 alone += group
         for seq, budget in alone + later:
-            try:
-                outcome: Prefilled | Exception = self.prefill(seq, budget)
-            except Exception as exc:
-                outcome = exc
-            yield seq, outcome
+            yield seq, self._prefill_or_error(seq, budget)
+
+    def _prefill_or_error(self, seq: Sequence, budget: int) -> Prefilled | Exception:
+        """``prefill``'s outcome, or the error that failed it (it fails ``seq`` only)."""
+        try:
+            return self.prefill(seq, budget)
+        except Exception as exc:
+            return exc
 
     @torch.inference_mode()
     def prefill(self, seq: Sequence, budget: int) -> Prefilled:
@@ -239,12 +242,7 @@ class ModelRunner:
             logits, cache = self._forward_padded(rows, pads)
         except Exception:
             log.exception("a batched prefill failed; its prompts run one by one")
-            for state, _ in rows:
-                try:
-                    outcome: Prefilled | Exception = self.prefill(state.seq, width)
-                except Exception as exc:
-                    outcome = exc
-                outcomes.append((state.seq, outcome))
+            outcomes += [(state.seq, self._prefill_or_error(state.seq, width)) for state, _ in rows]
             return outcomes
         for i, (state, _) in enumerate(rows):
             prompt, total = state.prompt, state.seq.prompt.num_tokens
