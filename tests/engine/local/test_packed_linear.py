@@ -15,6 +15,7 @@ from vlmserve.engine.local import packed_linear
 from vlmserve.engine.local.loader import load_model
 from vlmserve.engine.local.packed_linear import (
     PackedLinear,
+    PackedPart,
     can_pack,
     pack_language_model,
     unpack_language_model,
@@ -27,7 +28,31 @@ pytestmark = pytest.mark.skipif(
 
 
 def _packed(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, PackedLinear)]
+    return [name for name, m in model.named_modules() if isinstance(m, PackedLinear | PackedPart)]
+
+
+class _Attention(nn.Module):
+    """The shape of transformers' attention and MLP: q/k/v and gate/up read the same input."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(64, 96, bias=bias)
+        self.k_proj = nn.Linear(64, 32, bias=bias)
+        self.v_proj = nn.Linear(64, 32, bias=False)
+        self.gate_proj = nn.Linear(64, 128, bias=False)
+        self.up_proj = nn.Linear(64, 128, bias=False)
+
+    def get_decoder(self) -> nn.Module:
+        return self
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def get_input_embeddings(self) -> None:
+        return None
+
+    def projections(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.q_proj(x), self.k_proj(x), self.v_proj(x), self.gate_proj(x), self.up_proj(x)]
 
 
 def test_a_packed_layer_computes_what_nn_linear_computes() -> None:
@@ -147,3 +172,80 @@ def test_packing_frees_each_original_weight_before_packing_the_next(
     assert pack_language_model(model) == 4
     assert alive_at_each_pack == [4, 3, 2, 1]  # the layers packed before are gone already
     assert all(w() is None for w in weights)
+
+
+def _counting_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = torch.ops.mkldnn._linear_pointwise
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counted)
+    return calls
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_siblings_reading_one_input_are_computed_in_one_call(
+    monkeypatch: pytest.MonkeyPatch, bias: bool
+) -> None:
+    # Three narrow q/k/v reads cost twice what one stacked read does at decode.
+    torch.manual_seed(0)
+    model = _Attention(bias)
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        expected = model.projections(x)
+        assert pack_language_model(model) == 5
+        calls = _counting_calls(monkeypatch)
+        got = model.projections(x)
+    assert len(calls) == 2  # one for q/k/v, one for gate/up
+    for want, have in zip(expected, got, strict=True):
+        assert have.shape == want.shape
+        assert torch.allclose(have, want, atol=1e-5)
+
+
+def test_a_sibling_called_out_of_pattern_still_gets_its_own_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The sharing is keyed by the input: another input, or the same part asked twice, is
+    # computed afresh rather than served a stale neighbour's result.
+    torch.manual_seed(0)
+    model = _Attention(bias=True)
+    x, y = torch.randn(2, 64), torch.randn(2, 64)
+    with torch.inference_mode():
+        want_q, want_k, want_v = model.q_proj(x), model.k_proj(y), model.v_proj(y)
+        pack_language_model(model)
+        calls = _counting_calls(monkeypatch)
+        assert torch.allclose(model.q_proj(x), want_q, atol=1e-5)
+        assert torch.allclose(model.k_proj(y), want_k, atol=1e-5)
+        assert torch.allclose(model.k_proj(y), want_k, atol=1e-5)
+        assert torch.allclose(model.v_proj(y), want_v, atol=1e-5)
+    assert len(calls) == 3  # x, y, and y again for the second k; v is served from the third
+
+
+def test_a_stacked_row_gets_the_same_bits_alone_and_in_a_batch() -> None:
+    torch.manual_seed(0)
+    model = _Attention(bias=True)
+    pack_language_model(model)
+    rows = torch.randn(8, 64)
+    with torch.inference_mode():
+        alone = model.projections(rows[:1])
+        for m in (2, 5, 8):
+            batch = model.projections(rows[:m])
+            assert all(torch.equal(b[:1], a) for a, b in zip(alone, batch, strict=True)), m
+
+
+def test_unpacking_stacked_siblings_gives_back_each_layer() -> None:
+    torch.manual_seed(0)
+    model = _Attention(bias=True)
+    before = {name: (m.weight.clone(), m.bias) for name, m in model.named_children()}
+    pack_language_model(model)
+    assert unpack_language_model(model) == 5
+    for name, m in model.named_children():
+        assert type(m) is nn.Linear
+        weight, bias = before[name]
+        assert torch.equal(m.weight, weight), name
+        assert (m.bias is None) == (bias is None), name
+        if bias is not None:
+            assert torch.equal(m.bias, bias), name
