@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from vlmserve.engine.local.embedder import MediaSlot
+from vlmserve.engine.local.kv_cache import keeps_every_position
 
 BLOCK_TOKENS = 256
 
@@ -194,9 +195,7 @@ class BlockManager:
 def supports(cache: Any) -> bool:
     """Whether ``cache`` (a fresh DynamicCache) is one the blocks can fill: full-attention layers
     that keep every position (a sliding-window layer forgets the start of long prompts)."""
-    from transformers.cache_utils import DynamicLayer
-
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+    return all(keeps_every_position(layer) for layer in cache.layers)
 
 
 def fill(cache: Any, blocks: Sequence[Block]) -> None:

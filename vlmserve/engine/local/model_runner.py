@@ -39,6 +39,7 @@ import torch
 
 from vlmserve.engine.local.block_manager import supports
 from vlmserve.engine.local.embedder import MediaSlot
+from vlmserve.engine.local.kv_cache import new_cache
 from vlmserve.engine.local.loader import LoadedModel, physical_memory
 from vlmserve.engine.local.prefix_cache import Prefill, PrefixCache
 from vlmserve.engine.local.sampler import apply_penalties, make_generator, sample
@@ -572,9 +573,7 @@ class ModelRunner:
         return torch.zeros(n, vocab, dtype=torch.float32, device=self.device)
 
     def _new_cache(self) -> Any:
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.model.config)
+        return new_cache(self.model.config)
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         moved = {}

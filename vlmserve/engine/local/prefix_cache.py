@@ -38,6 +38,7 @@ from vlmserve.engine.local.block_manager import (
 from vlmserve.engine.local.embedder import Embedder, MediaSlot, embedder_for
 from vlmserve.engine.local.encoder_cache import EncoderCache
 from vlmserve.engine.local.families import Family
+from vlmserve.engine.local.kv_cache import new_cache
 from vlmserve.engine.local.sequence import Sequence
 from vlmserve.engine.types import PromptCacheStats
 from vlmserve.settings import EngineSettings
@@ -77,9 +78,7 @@ class PrefixCache:
         self._slots: dict[int, tuple[MediaSlot, ...]] = {}  # seq_id → its prompt's media
 
     def new_cache(self) -> Any:
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.model.config)
+        return new_cache(self.model.config)
 
     def plan(
         self, seq: Sequence, inputs: dict[str, torch.Tensor], *, record: bool = True
