@@ -92,6 +92,10 @@ class EngineSettings(_Frozen):
     # float32 on the CPU: the language model's linear layers run as oneDNN-prepacked weights
     # (1.2x faster decode at one row, 1.5-1.8x at 2-8 rows on a 2-core machine; packed_linear.py).
     cpu_packed_linear: bool = True
+    # Decode steps of plain Llama/Qwen decoders run straight through their layers, without
+    # transformers' forward around them (half of a small model's step on the CPU;
+    # decode_step.py). Off: every step goes through transformers.
+    direct_decode: bool = True
     # The automatic prompt cache (local engine): KV of 256-token prompt blocks keyed by their
     # tokens, the media in them and the tenant, plus vision features keyed by media identity;
     # each LRU within its byte budget (engine device memory). Off: every prompt is computed whole.

@@ -220,7 +220,9 @@ class LocalEngine:
             # (the step thread detokenizes with the model's).
             preparer = PromptPreparer(copy.deepcopy(loaded.processor), loaded.family)
             grammars = Grammars(loaded.tokenizer, _vocab_size(loaded), loaded.eos_token_ids)
-            runner = ModelRunner(loaded, self._prefix_cache(loaded))
+            runner = ModelRunner(
+                loaded, self._prefix_cache(loaded), direct_decode=self.settings.direct_decode
+            )
             kv_bytes = self.settings.kv_cache_bytes or default_kv_bytes(loaded.device)
             scheduler = Scheduler(
                 self.max_num_seqs,

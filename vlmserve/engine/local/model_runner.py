@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import torch
 
 from vlmserve.engine.local.block_manager import supports
+from vlmserve.engine.local.decode_step import DecodeStep
 from vlmserve.engine.local.embedder import MediaSlot
 from vlmserve.engine.local.kv_cache import new_cache
 from vlmserve.engine.local.loader import LoadedModel, physical_memory
@@ -99,7 +100,13 @@ class _Group:
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, prefix_cache: PrefixCache | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        prefix_cache: PrefixCache | None = None,
+        *,
+        direct_decode: bool = True,
+    ) -> None:
         self.model = loaded.model
         self.family = loaded.family
         self.device = loaded.device
@@ -109,6 +116,7 @@ class ModelRunner:
         self.num_tokens = len(loaded.tokenizer)  # logits past the tokenizer are never sampled
         self.prefix_cache = prefix_cache
         self.batchable = supports(self._new_cache())
+        self._direct = DecodeStep.of(self.model) if direct_decode else None
         self.kv_bytes_per_token = _kv_bytes_per_token(self.model.config, self.dtype)
         self._states: dict[int, _State] = {}
         # seq_id → the generator of a preempted sequence: resumed sampling continues its draws
@@ -398,13 +406,18 @@ class ModelRunner:
             assert state.last_tokens is not None
             tokens.append(state.last_tokens)
             text += [state.position + state.rope_delta] * len(state.rows)
-        inputs: dict[str, Any] = {"input_ids": torch.cat(tokens).view(-1, 1)}
+        input_ids = torch.cat(tokens).view(-1, 1)
+        positions = self.family.decode_positions(
+            torch.tensor(text, dtype=torch.long, device=self.device)
+        )
+        if self._direct is not None:
+            return self._direct(input_ids, positions, group.pads, group.cache)
+        inputs: dict[str, Any] = {"input_ids": input_ids}
         if any(group.pads):
             pads = torch.tensor(group.pads, device=self.device).unsqueeze(1)
             columns = torch.arange(group.length + 1, device=self.device).unsqueeze(0)
             inputs["attention_mask"] = (columns >= pads).long()
-        positions = torch.tensor(text, dtype=torch.long, device=self.device)
-        return self._forward(inputs, self.family.decode_positions(positions), group.cache)
+        return self._forward(inputs, positions, group.cache)
 
     # -- rows joining and leaving --------------------------------------------------------------
 

@@ -103,11 +103,15 @@ class _SharedInput:
         self._parts: tuple[torch.Tensor, ...] = ()
         self._served: set[int] = set()
 
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every sibling's output for ``x``, in order (one call, nothing kept)."""
+        out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return out.split(self.sizes, -1)
+
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
         version = _version(x)
         if self._input is not x or version != self._version or index in self._served:
-            out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-            self._parts, self._input, self._version = out.split(self.sizes, -1), x, version
+            self._parts, self._input, self._version = self.outputs(x), x, version
             self._served = set()
         self._served.add(index)
         part = self._parts[index]

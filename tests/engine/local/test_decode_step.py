@@ -1,0 +1,94 @@
+"""The direct decode step computes what transformers' forward computes, for every family it takes
+(left-padded rows and M-RoPE included), and leaves the others to transformers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.nn import functional
+
+from vlmserve.catalog.spec import EngineBinding
+from vlmserve.engine.local.decode_step import DecodeStep
+from vlmserve.engine.local.kv_cache import new_cache
+from vlmserve.engine.local.loader import LoadedModel, load_model
+from vlmserve.settings import EngineSettings
+
+DIRECT = (
+    "idefics3",
+    "smolvlm",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "internvl",
+    "llava_onevision",
+)
+
+
+def _load(tiny_models: dict[str, Path], family: str, **settings: Any) -> LoadedModel:
+    return load_model(EngineBinding(model=str(tiny_models[family])), EngineSettings(**settings))
+
+
+def _prefill(loaded: LoadedModel, prompt: list[int]) -> Any:
+    cache = new_cache(loaded.model.config)
+    with torch.inference_mode():
+        loaded.model(
+            input_ids=torch.tensor([prompt]), use_cache=True, **{loaded.cache_kwarg: cache}
+        )
+    return cache
+
+
+def _group(loaded: LoadedModel, prompts: list[list[int]]) -> tuple[Any, list[int]]:
+    """One cache holding every prompt's KV, left-padded to the longest (as decode groups are)."""
+    longest = max(len(p) for p in prompts)
+    caches = [_prefill(loaded, p) for p in prompts]
+    for cache, prompt in zip(caches, prompts, strict=True):
+        for layer in cache.layers:
+            pad = (0, 0, longest - len(prompt), 0)
+            layer.keys = functional.pad(layer.keys, pad)
+            layer.values = functional.pad(layer.values, pad)
+    group = caches[0]
+    for i, layer in enumerate(group.layers):
+        layer.keys = torch.cat([c.layers[i].keys for c in caches])
+        layer.values = torch.cat([c.layers[i].values for c in caches])
+    return group, [longest - len(p) for p in prompts]
+
+
+@pytest.mark.parametrize("family", DIRECT)
+@pytest.mark.parametrize("prompts", [[[5, 9, 14, 3, 7]], [[5, 9, 14, 3, 7, 11, 2, 8], [4, 6, 12]]])
+def test_the_direct_step_gives_transformers_logits(
+    tiny_models: dict[str, Path], family: str, prompts: list[list[int]]
+) -> None:
+    loaded = _load(tiny_models, family)
+    step = DecodeStep.of(loaded.model)
+    assert step is not None
+    theirs, pads = _group(loaded, prompts)
+    ours, _ = _group(loaded, prompts)
+    tokens = torch.tensor([[p[-1]] for p in prompts])
+    for i in range(4):
+        positions = torch.tensor([len(p) + i for p in prompts])
+        rope = loaded.family.decode_positions(positions)
+        length = theirs.get_seq_length() + 1
+        mask = (torch.arange(length).unsqueeze(0) >= torch.tensor(pads).unsqueeze(1)).long()
+        with torch.inference_mode():
+            want = loaded.model(
+                input_ids=tokens,
+                attention_mask=mask,
+                position_ids=rope,
+                use_cache=True,
+                logits_to_keep=1,
+                **{loaded.cache_kwarg: theirs},
+            ).logits[:, -1]
+        got = step(tokens, rope, pads, ours)
+        assert torch.allclose(got, want.float(), atol=1e-4), (family, i)
+        tokens = want.argmax(-1, keepdim=True)
+    assert ours.get_seq_length() == theirs.get_seq_length()
+
+
+def test_a_family_it_does_not_know_decodes_through_transformers(
+    tiny_models: dict[str, Path],
+) -> None:
+    # Gemma 3: sandwich norms, scaled embeddings, sliding windows.
+    assert DecodeStep.of(_load(tiny_models, "gemma3").model) is None
