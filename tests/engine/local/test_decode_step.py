@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from torch.nn import functional
 
+from tests.engine.local.helpers import generate, request, start_engine
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.local.decode_step import DecodeStep
 from vlmserve.engine.local.kv_cache import new_cache
@@ -92,3 +94,29 @@ def test_a_family_it_does_not_know_decodes_through_transformers(
 ) -> None:
     # Gemma 3: sandwich norms, scaled embeddings, sliding windows.
     assert DecodeStep.of(_load(tiny_models, "gemma3").model) is None
+
+
+def test_the_setting_chooses_the_direct_step_and_both_answer_alike(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps: list[int] = []
+    real = DecodeStep.__call__
+
+    def counted(self: DecodeStep, *args: Any) -> torch.Tensor:
+        steps.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(DecodeStep, "__call__", counted)
+    texts, counts = [], []
+    for direct in (True, False):
+        steps.clear()
+        engine = start_engine(tiny_models["idefics3"], direct_decode=direct)
+        try:
+            result = generate(engine, request(max_tokens=8))
+        finally:
+            asyncio.run(engine.close())
+        assert sum(result.num_tokens.values()) == 8
+        texts.append(result.text)
+        counts.append(len(steps))
+    assert counts == [7, 0]  # every step after the prefill's token, or none
+    assert texts[0] == texts[1]
