@@ -14,7 +14,9 @@ rotary positions, SiLU-gated MLP, every layer full attention, no embedding or lo
 the order the layer's ``forward`` does, with nothing around them. Positions go through the
 model's own rotary module (M-RoPE included: a decode token's three axes share one position), so
 rope scaling is whatever the checkpoint says. Anything else (Gemma 3's sandwich norms and
-sliding windows, an unknown family) decodes through transformers as before.
+sliding windows, an unknown family) decodes through transformers as before. On SmolVLM-256M a
+step takes 32 ms instead of 40 at one row and 51 instead of 59 at eight (the 64-wide copy:
+12.9 ms instead of 19.8; what is left is mostly oneDNN's ~25 us per call and the SDPA kernel).
 
 Prefill stays on transformers' forward: hundreds of rows per call make its overhead small, and
 vision features enter there. Tests hold this path to transformers' logits for every family it

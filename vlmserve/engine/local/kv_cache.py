@@ -9,7 +9,8 @@ prompt, 80 MB copied per step. vLLM and SGLang write each token into preallocate
 with other lengths, padding cut) cannot. ``GrowingLayer`` keeps the dynamic layer's behaviour,
 with room for ``ROOM`` more tokens behind the keys and values: an update writes into the room
 and returns a view; only when the room is used up is the cache copied, into a tensor with room
-again (one copy per ``ROOM`` tokens instead of one per token).
+again (one copy per ``ROOM`` tokens instead of one per token). The KV budget counts used tokens;
+the room adds at most ``ROOM`` tokens per row on top.
 
 Whatever the engine assigns to ``keys``/``values`` (a joined group, a row's view of a shared
 prefill, cached prefix blocks) is taken as it is, without room, so a tensor the layer did not

@@ -16,6 +16,8 @@ A decode group is one ``DynamicCache`` holding the rows of many sequences, left-
 common length, decoded in one forward with a 2-D attention mask (zeros over each row's padding)
 and explicit per-row positions (``Family.decode_positions``: one text position per row, rope
 delta included), so any family whose positions follow that contract batches without extra work.
+For plain Llama/Qwen decoders the step runs straight through the layers (decode_step.py); the
+caches' full-attention layers append in place (kv_cache.py).
 Rows of one sequence are adjacent, so sampling, penalties and logits processors (grammar masks)
 run per sequence on its slice of the logits with its own seeded generator: a request samples the
 same tokens whatever its neighbours. Rows leave with ``batch_select_indices``; padding columns

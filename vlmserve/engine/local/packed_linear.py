@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 # Sibling projections that transformers' decoder layers apply to one and the same input, in
 # this order: attention's q/k/v and a gated MLP's gate/up. Packed as one weight each, so one
 # oneDNN call reads all of them (see ``_SharedInput``).
-SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+SHARED_INPUT: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "k_proj", "v_proj"),
+    ("gate_proj", "up_proj"),
+)
 
 
 class PackedLinear(nn.Module):
