@@ -67,7 +67,7 @@ def decode_ms(
             started = time.perf_counter()
             positions = torch.full((rows, 1), prompt + step)
             if direct is not None:
-                logits = direct(token, positions, [0] * rows, cache)
+                logits = direct(token, positions, None, cache)
             else:
                 logits = model(
                     input_ids=token,

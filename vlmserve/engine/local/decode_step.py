@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from vlmserve.engine.local.packed_linear import PackedPart
+from vlmserve.engine.local.packed_linear import stacked_call
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +109,21 @@ class DecodeStep:
 
     @torch.inference_mode()
     def __call__(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, pads: list[int], cache: Any
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        keep: torch.Tensor | None,
+        cache: Any,
     ) -> torch.Tensor:
         """``input_ids`` [rows, 1]; ``positions`` what ``Family.decode_positions`` gives;
-        ``pads`` the left padding of each row in ``cache`` (all 0: no mask). Rows stay 2-D
-        [rows, hidden] (one token each): oneDNN takes them without a reshape."""
+        ``keep`` [rows, cached + 1] bool, False over each row's left padding (None: no
+        padding). Rows stay 2-D [rows, hidden] (one token each): oneDNN takes them without a
+        reshape."""
         x = self.embed(input_ids.view(-1))
         rows = x.shape[0]
         cos, sin = self.rotary(x.unsqueeze(1), positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [rows, heads, 1, head_dim]
-        mask = None
-        if any(pads):
-            length = int(cache.get_seq_length()) + 1
-            columns = torch.arange(length, device=x.device)
-            starts = torch.tensor(pads, device=x.device).unsqueeze(1)
-            mask = (columns.unsqueeze(0) >= starts).view(rows, 1, 1, length)
+        mask = None if keep is None else keep.view(rows, 1, 1, -1)
         for index, layer in enumerate(self.layers):
             q, k, v = layer.qkv(layer.input_norm(x))
             q = q.view(rows, -1, 1, layer.head_dim)
@@ -172,12 +172,7 @@ def _norm(module: Any) -> Fn:
 
 def _siblings(*linears: Any) -> Split:
     """The linears' outputs for one input: one call when they were packed together."""
-    first = linears[0]
-    if isinstance(first, PackedPart) and [
-        (getattr(m, "shared", None), getattr(m, "index", None)) for m in linears
-    ] == [(first.shared, i) for i in range(len(first.shared.sizes))]:
-        return first.shared.outputs
-    return lambda x: tuple(linear(x) for linear in linears)
+    return stacked_call(*linears) or (lambda x: tuple(linear(x) for linear in linears))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -190,7 +185,7 @@ def _unsupported(model: Any, found: Any) -> str:
     if not isinstance(found, nn.Module):
         return "no decoder found"
     decoder: Any = found
-    for name in ("layers", "norm", "rotary_emb", "embed_tokens"):
+    for name in ("layers", "norm", "rotary_emb"):
         if not hasattr(decoder, name):
             return f"its decoder has no {name}"
     kinds = {type(layer).__name__ for layer in decoder.layers}

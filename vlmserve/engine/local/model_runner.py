@@ -412,13 +412,15 @@ class ModelRunner:
         positions = self.family.decode_positions(
             torch.tensor(text, dtype=torch.long, device=self.device)
         )
-        if self._direct is not None:
-            return self._direct(input_ids, positions, group.pads, group.cache)
-        inputs: dict[str, Any] = {"input_ids": input_ids}
+        keep = None  # False over each row's left padding
         if any(group.pads):
             pads = torch.tensor(group.pads, device=self.device).unsqueeze(1)
-            columns = torch.arange(group.length + 1, device=self.device).unsqueeze(0)
-            inputs["attention_mask"] = (columns >= pads).long()
+            keep = torch.arange(group.length + 1, device=self.device).unsqueeze(0) >= pads
+        if self._direct is not None:
+            return self._direct(input_ids, positions, keep, group.cache)
+        inputs: dict[str, Any] = {"input_ids": input_ids}
+        if keep is not None:
+            inputs["attention_mask"] = keep.long()
         return self._forward(inputs, positions, group.cache)
 
     # -- rows joining and leaving --------------------------------------------------------------

@@ -129,6 +129,19 @@ class _SharedInput:
         return self.packed.to_dense()[rows].clone(), bias
 
 
+def stacked_call(
+    *linears: nn.Module,
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None:
+    """One call giving every output of ``linears`` when they are, in order, the whole set of
+    one stacked weight (for callers that hold the input themselves); None otherwise."""
+    first = linears[0]
+    if not isinstance(first, PackedPart):
+        return None
+    shared = first.shared
+    parts = [(getattr(m, "shared", None), getattr(m, "index", None)) for m in linears]
+    return shared.outputs if parts == [(shared, i) for i in range(len(shared.sizes))] else None
+
+
 def _version(x: torch.Tensor) -> int:
     """The tensor's in-place change counter; inference tensors (the engine's) keep none, and
     transformers' layers never change the projections' input in place between the calls."""
