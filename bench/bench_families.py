@@ -15,7 +15,8 @@ token to the last. Baseline, the same model object on the engine's own step thre
 team), its linear layers as stock transformers has them (the engine packs them for oneDNN):
 processor + ``model.generate(max_new_tokens=1)`` for prefill, and ``generate`` of the same
 number of tokens (``min_new_tokens`` holds it there) minus the one-token run for decode. Greedy
-on both sides. Medians over rounds; the engine and the baseline alternate within each round.
+on both sides. Medians over rounds; the engine and the baseline alternate within each round, and
+which of them goes first alternates from round to round.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def baseline_run(engine: LocalEngine, p: Prompt, num_tokens: int) -> dict[str, f
     assert loaded is not None and core is not None and preparer is not None
 
     def run() -> dict[str, float]:
-        with stock_linears(loaded.model):  # outside the timings
+        with stock_linears(loaded.model, core.runner):  # outside the timings
             return timed()
 
     def timed() -> dict[str, float]:
@@ -148,6 +149,7 @@ def baseline_run(engine: LocalEngine, p: Prompt, num_tokens: int) -> dict[str, f
             whole = time.perf_counter() - t0
         return {
             "prompt_tokens": int(inputs["input_ids"].shape[1]),
+            "tokens": num_tokens,
             "prefill_s": prefill,
             "decode_s": max(whole - one, 1e-9),
         }
@@ -171,15 +173,19 @@ def measure(family: str, shape: str, models: Path, rounds: int, max_tokens: int)
     rows: list[dict[str, float]] = []
     for r in range(rounds):
         p = prompt(r, low_edge)
-        mine = asyncio.run(engine_run(engine, p, max_tokens))
-        base = baseline_run(engine, p, int(mine["tokens"]))
+        if r % 2:  # which side goes first alternates: neither gets the warmer machine each round
+            base = baseline_run(engine, p, max_tokens)
+            mine = asyncio.run(engine_run(engine, p, max_tokens))
+        else:
+            mine = asyncio.run(engine_run(engine, p, max_tokens))
+            base = baseline_run(engine, p, int(mine["tokens"]))
         n = mine["tokens"]
         rows.append(
             {
                 "engine_prefill": mine["prompt_tokens"] / mine["prefill_s"],
                 "base_prefill": base["prompt_tokens"] / base["prefill_s"],
                 "engine_decode": (n - 1) / mine["decode_s"] if n > 1 else 0.0,
-                "base_decode": (n - 1) / base["decode_s"] if n > 1 else 0.0,
+                "base_decode": (base["tokens"] - 1) / base["decode_s"] if n > 1 else 0.0,
                 "prompt_tokens": mine["prompt_tokens"],
                 "tokens": n,
             }

@@ -39,14 +39,23 @@ def spawn(script: str, *args: object) -> Any:
 
 
 @contextmanager
-def stock_linears(model: Any) -> Iterator[None]:
+def stock_linears(model: Any, runner: Any = None) -> Iterator[None]:
     """The engine's model with plain ``nn.Linear`` layers (as stock transformers loads it) for a
-    ``generate`` baseline on the same model object; packed again afterwards."""
+    ``generate`` baseline on the same model object; packed again afterwards. ``runner``: the
+    engine's ``ModelRunner``, whose direct decode step holds the packed layers it was built on:
+    it is dropped first (else the old packed weights stay alive beside the new ones: a 3B model
+    twice over ran a 24 GiB machine out of memory) and rebuilt on the new ones."""
+    from vlmserve.engine.local.decode_step import DecodeStep
     from vlmserve.engine.local.packed_linear import pack_language_model, unpack_language_model
 
+    direct = runner is not None and runner._direct is not None
+    if direct:
+        runner._direct = None
     packed = unpack_language_model(model)
     try:
         yield
     finally:
         if packed:
             pack_language_model(model)
+        if direct:
+            runner._direct = DecodeStep.of(model)

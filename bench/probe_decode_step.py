@@ -56,7 +56,7 @@ def baseline(engine: LocalEngine, p: Prompt, tokens: int) -> tuple[float, float]
         }
         stamp = Stamp()
         with torch.inference_mode():
-            with stock_linears(loaded.model):
+            with stock_linears(loaded.model, core.runner):
                 loaded.model.generate(
                     **inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                     logits_processor=LogitsProcessorList([stamp]),

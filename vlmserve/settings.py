@@ -96,6 +96,10 @@ class EngineSettings(_Frozen):
     # transformers' forward around them (half of a small model's step on the CPU;
     # decode_step.py). Off: every step goes through transformers.
     direct_decode: bool = True
+    # A vision encoding (an image, or one tile for tiling families) pauses at a layer boundary of
+    # the vision tower once it has run this long while other sequences decode, so they get their
+    # next token (vision_slices.py); 0: each unit runs whole (1.5 s for a SmolVLM tile on 2 cores).
+    vision_slice_s: float = Field(0.5, ge=0)
     # The automatic prompt cache (local engine): KV of 256-token prompt blocks keyed by their
     # tokens, the media in them and the tenant, plus vision features keyed by media identity;
     # each LRU within its byte budget (engine device memory). Off: every prompt is computed whole.

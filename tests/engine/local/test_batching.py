@@ -7,6 +7,7 @@ near-tie), so greedy tokens alone and in a batch must be equal and the logits of
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -19,6 +20,7 @@ import torch
 from tests.engine.local.helpers import (
     Result,
     collect,
+    generate,
     image,
     image_prompt,
     media,
@@ -28,6 +30,7 @@ from tests.engine.local.helpers import (
     until,
 )
 from vlmserve.engine.local import LocalEngine
+from vlmserve.engine.local.vision_slices import vision_layers
 from vlmserve.engine.types import (
     Event,
     FinishReason,
@@ -521,3 +524,100 @@ def test_a_big_picture_is_encoded_one_tile_per_step_between_decode_steps(
     units = [i for i, what in enumerate(trace) if what == "unit"]
     assert len(units) > 2  # tiles and the global view, one each
     assert all(trace[i + 1] == "decode" for i in units)  # the stream went on between them
+
+
+def trace_layers_and_decodes(engine: LocalEngine) -> list[str]:
+    """'layer' before each vision layer runs, 'decode' for each decode forward, in order."""
+    assert engine._core is not None and engine._loaded is not None
+    runner, trace = engine._core.runner, []
+    layers = vision_layers(engine._loaded.model)
+    assert layers is not None
+    for layer in layers:  # after the engine's own pause hook: records layers that do run
+        layer.register_forward_pre_hook(lambda *_: trace.append("layer"))
+    decode_forward = runner._decode_forward
+
+    def decode(group: Any) -> torch.Tensor:
+        trace.append("decode")
+        return decode_forward(group)
+
+    runner._decode_forward = decode  # type: ignore[method-assign]
+    return trace
+
+
+BIG = Prompt((Message("user", (TextPart("Look"), MediaPart(0))),), media(image(900, 700, 5)))
+
+
+@pytest.mark.parametrize(
+    ("family", "prompt_cache"),
+    [("idefics3", True), ("idefics3", False), ("qwen3_vl", True)],
+    ids=["tile-units", "whole-forward", "whole-forward-deepstack"],
+)
+def test_running_streams_decode_between_the_vision_layers_of_a_big_picture(
+    family: str, prompt_cache: bool, tiny_models: dict[str, Path]
+) -> None:
+    # A slice of (almost) nothing: the encoding pauses before every layer but a call's first,
+    # whether it runs as tile units (the prompt-cache path) or inside the model's own forward.
+    engine = decisive(
+        tiny_models[family], max_num_seqs=4, prompt_cache=prompt_cache, vision_slice_s=1e-9
+    )
+    layers = vision_layers(engine._loaded.model) if engine._loaded else None
+    assert layers is not None
+    try:
+        trace = trace_layers_and_decodes(engine)
+
+        async def scenario() -> Result:
+            stream = request(request_id="run", max_tokens=400)
+            running = asyncio.create_task(collect(engine, stream))
+            await until(lambda: "decode" in trace)
+            result = await collect(engine, request(BIG, "big", max_tokens=6))
+            await engine.abort("run")
+            await running
+            return result
+
+        beside = asyncio.run(scenario())
+    finally:
+        asyncio.run(engine.close())
+    whole = decisive(tiny_models[family], prompt_cache=prompt_cache, vision_slice_s=0)
+    try:
+        alone = generate(whole, request(BIG, "alone", max_tokens=6))
+    finally:
+        asyncio.run(whole.close())
+    assert trace.count("layer") >= len(layers)
+    pairs = list(itertools.pairwise(trace))
+    assert ("layer", "layer") not in pairs  # a decode step between any two layers
+    assert beside.texts == alone.texts  # paused encodings compute the same features
+
+
+def test_aborting_a_request_paused_inside_its_vision_encoding_frees_it(
+    tiny_models: dict[str, Path],
+) -> None:
+    engine = decisive(tiny_models["idefics3"], max_num_seqs=4, vision_slice_s=1e-9)
+    assert engine._core is not None
+    runner = engine._core.runner
+    trace = trace_layers_and_decodes(engine)
+
+    def paused() -> bool:
+        return any(s.prompt and s.prompt.paused for s in list(runner._states.values()))
+
+    async def scenario() -> tuple[Result, Result]:
+        running = asyncio.create_task(collect(engine, request(request_id="run", max_tokens=400)))
+        await until(lambda: "decode" in trace)
+        big = asyncio.create_task(collect(engine, request(BIG, "big", max_tokens=6)))
+        await until(paused)
+        await engine.abort("big")
+        aborted = await big
+        decodes = trace.count("decode")
+        await until(lambda: trace.count("decode") > decodes + 3)  # the stream goes on
+        await engine.abort("run")
+        await running
+        return aborted, await collect(engine, request(BIG, "again", max_tokens=6))
+
+    try:
+        aborted, again = asyncio.run(scenario())
+        assert runner._states == {}
+        alone = generate(engine, request(BIG, "alone", max_tokens=6))
+    finally:
+        asyncio.run(engine.close())
+    assert aborted.finished == {0: FinishReason.ABORT}
+    assert again.finished == {0: FinishReason.LENGTH}
+    assert again.texts == alone.texts

@@ -221,7 +221,10 @@ class LocalEngine:
             preparer = PromptPreparer(copy.deepcopy(loaded.processor), loaded.family)
             grammars = Grammars(loaded.tokenizer, _vocab_size(loaded), loaded.eos_token_ids)
             runner = ModelRunner(
-                loaded, self._prefix_cache(loaded), direct_decode=self.settings.direct_decode
+                loaded,
+                self._prefix_cache(loaded),
+                direct_decode=self.settings.direct_decode,
+                vision_slice_s=self.settings.vision_slice_s,
             )
             kv_bytes = self.settings.kv_cache_bytes or default_kv_bytes(loaded.device)
             scheduler = Scheduler(

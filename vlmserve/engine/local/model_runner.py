@@ -6,7 +6,9 @@ scheduler hands out when the prompt's embeddings are known (the prompt-cache pat
 ``inputs_embeds`` built by prefix_cache.py, cached vision features and prefix KV included);
 otherwise the prompt goes in one forward, the model's own way. On the embeddings path the media
 the prompt still needs are encoded first, one unit per step (an image, or one tile for tiling
-families: embedder.py), so a big picture never holds the decode rows for more than one unit.
+families: embedder.py); a unit, like a whole-prompt forward's vision tower, pauses between two
+of the tower's layers once it has run ``vision_slice_s`` while rows decode (vision_slices.py),
+so a big picture never holds the decode rows for more than about one slice.
 Fresh prompts of similar length that arrive together and fit the step's budget whole are
 prefilled in one left-padded forward (one GEMM over all their tokens instead of a small one per
 prompt); each row's KV then goes on as that sequence's cache. A finished prefill's cache is
@@ -33,8 +35,10 @@ generation resumes exactly where it stopped.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -47,6 +51,7 @@ from vlmserve.engine.local.loader import LoadedModel, physical_memory
 from vlmserve.engine.local.prefix_cache import Prefill, PrefixCache
 from vlmserve.engine.local.sampler import apply_penalties, make_generator, sample
 from vlmserve.engine.local.sequence import Sequence
+from vlmserve.engine.local.vision_slices import SlicedCall, install_pauses
 from vlmserve.engine.types import FinishReason, PromptCacheStats
 
 log = logging.getLogger("vlmserve.engine")
@@ -68,6 +73,7 @@ class _Prompt:
     plan: Prefill | None  # None: the prompt goes in one forward, the model's own way
     units: list[tuple[MediaSlot, int]] = field(default_factory=list)  # vision units to encode
     parts: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # their features so far
+    paused: SlicedCall | None = None  # a vision unit or a whole-prompt forward, part done
 
 
 @dataclass(slots=True, eq=False)
@@ -108,6 +114,7 @@ class ModelRunner:
         prefix_cache: PrefixCache | None = None,
         *,
         direct_decode: bool = True,
+        vision_slice_s: float = 0.0,
     ) -> None:
         self.model = loaded.model
         self.family = loaded.family
@@ -119,6 +126,10 @@ class ModelRunner:
         self.prefix_cache = prefix_cache
         self.batchable = supports(self._new_cache())
         self._direct = DecodeStep.of(self.model) if direct_decode else None
+        # Vision encodings pause every ~vision_slice_s for a decode step (vision_slices.py).
+        self.vision_slice_s = vision_slice_s if vision_slice_s > 0 else math.inf
+        if vision_slice_s > 0:
+            install_pauses(self.model)
         self.kv_bytes_per_token = _kv_bytes_per_token(self.model.config, self.dtype)
         self._states: dict[int, _State] = {}
         # seq_id → the generator of a preempted sequence: resumed sampling continues its draws
@@ -173,13 +184,20 @@ class ModelRunner:
         state = self._states.get(seq.seq_id) or self._begin(seq)
         prompt = state.prompt
         assert prompt is not None
-        if prompt.units:  # one vision-encoding unit per step, between decode steps
+        if prompt.units:  # one vision-encoding unit (or a slice of it) per step
             self._encode_unit(prompt)
             return 0, None
         total = seq.prompt.num_tokens
         plan = prompt.plan
         if plan is None:
-            logits = self._forward(prompt.inputs, prompt.positions, prompt.cache)
+            whole = prompt.paused or SlicedCall(
+                partial(self._forward, prompt.inputs, prompt.positions, prompt.cache)
+            )
+            prompt.paused = None
+            if not whole.advance(self._slice_s()):  # paused inside the vision tower
+                prompt.paused = whole
+                return 0, None
+            logits = whole.result
             computed = total
         else:
             embeds = self._embeds(prompt)
@@ -343,9 +361,22 @@ class ModelRunner:
         assert prompt.plan is not None and self.prefix_cache is not None
         embedder = self.prefix_cache.embedder
         assert embedder is not None
-        slot, unit = prompt.units.pop(0)
-        features = embedder.encode_unit(prompt.inputs, prompt.plan.slots, slot, unit)
-        prompt.parts.setdefault(slot.identity, []).append(features)
+        slot, unit = prompt.units[0]
+        call = prompt.paused or SlicedCall(
+            partial(embedder.encode_unit, prompt.inputs, prompt.plan.slots, slot, unit)
+        )
+        prompt.paused = None
+        if not call.advance(self._slice_s()):
+            prompt.paused = call
+            return
+        prompt.units.pop(0)
+        prompt.parts.setdefault(slot.identity, []).append(call.result)
+
+    def _slice_s(self) -> float:
+        """How long a vision encoding may run before it pauses: its slice while rows decode
+        (they wait for it), else as long as it takes."""
+        decoding = any(group.num_rows for group in self._groups)
+        return self.vision_slice_s if decoding else math.inf
 
     def _resume(self, state: _State, cache: Any) -> None:
         """After a preemption: feed the live choices' generated tokens (but the last, which is
@@ -498,6 +529,7 @@ class ModelRunner:
         self._parked.pop(seq.seq_id, None)
         answer = None
         if state is not None:
+            _abandon(state)
             if self.prefix_cache is not None and _is_answered(seq, state):
                 answer = self._row_cache(state, 0)
             self._leave(state, [])
@@ -511,6 +543,7 @@ class ModelRunner:
         """Free ``seq``'s KV; it prefills again (prompt, then its generated tokens) later."""
         state = self._states.pop(seq.seq_id, None)
         if state is not None:
+            _abandon(state)
             self._leave(state, [])
             self._parked[seq.seq_id] = state.generator
         if self.prefix_cache is not None:
@@ -664,3 +697,10 @@ def _is_answered(seq: Sequence, state: _State) -> bool:
         and state.rows == [0]
         and choice.finish_reason not in (None, FinishReason.ABORT)
     )
+
+
+def _abandon(state: _State) -> None:
+    """Unwind a vision encoding left paused by a sequence that goes away."""
+    if state.prompt is not None and state.prompt.paused is not None:
+        state.prompt.paused.close()
+        state.prompt.paused = None
