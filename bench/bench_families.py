@@ -190,6 +190,7 @@ def measure(family: str, shape: str, models: Path, rounds: int, max_tokens: int)
                 "tokens": n,
             }
         )
+        print(f"round {r}", rows[-1], file=sys.stderr, flush=True)
     dtype = str(engine._loaded.dtype).removeprefix("torch.") if engine._loaded else "?"
     asyncio.run(engine.close())
     result = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
