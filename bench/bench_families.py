@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import hashlib
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,6 @@ sys.path.insert(0, str(ROOT))
 from benchlib import stock_linears, write_section  # noqa: E402 - bench/ is the script's folder
 
 from vlmserve.catalog.spec import EngineBinding  # noqa: E402
-from vlmserve.dummy import make_dummy_model  # noqa: E402
 from vlmserve.engine.local import LocalEngine  # noqa: E402
 from vlmserve.engine.local.describe import describe_model  # noqa: E402
 from vlmserve.engine.types import (  # noqa: E402
@@ -160,7 +160,10 @@ def baseline_run(engine: LocalEngine, p: Prompt, num_tokens: int) -> dict[str, f
 def measure(family: str, shape: str, models: Path, rounds: int, max_tokens: int) -> dict[str, Any]:
     path = models / f"{family}-{shape}"
     if not path.exists():
-        make_dummy_model(path, family, shape)
+        # In a process of its own: the builder's random model would still be in this one's
+        # memory when the engine loads the directory (a 3B float32 model twice over: 24 GiB).
+        build = [sys.executable, "-m", "vlmserve", "make-dummy-model", str(path)]
+        subprocess.run([*build, "--family", family, "--shape", shape], check=True)
     described = describe_model(str(path))
     assert described is not None and described.image_edges is not None
     low_edge = described.image_edges[0]

@@ -174,6 +174,41 @@ def test_packing_frees_each_original_weight_before_packing_the_next(
     assert all(w() is None for w in weights)
 
 
+class _TwoLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(_Attention(bias=False) for _ in range(2))
+
+    def get_decoder(self) -> nn.Module:
+        return self
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def get_input_embeddings(self) -> None:
+        return None
+
+
+def test_packing_siblings_frees_each_set_before_packing_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A list of the decoder's modules held every original q/k/v and gate/up linear until all
+    # sets were packed: twice a 3B model's layers, killed for memory on a 24 GiB machine.
+    model = _TwoLayers()
+    weights = [weakref.ref(m.weight) for m in model.modules() if isinstance(m, nn.Linear)]
+    alive_at_each_pack: list[int] = []
+    real = packed_linear._SharedInput.__init__
+
+    def watching(self: object, linears: list[nn.Linear]) -> None:
+        alive_at_each_pack.append(sum(w() is not None for w in weights))
+        real(self, linears)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(packed_linear._SharedInput, "__init__", watching)
+    assert pack_language_model(model) == 10
+    assert alive_at_each_pack == [10, 7, 5, 2]  # the sets packed before are gone already
+    assert all(w() is None for w in weights)
+
+
 def _counting_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = torch.ops.mkldnn._linear_pointwise

@@ -190,12 +190,10 @@ class ModelRunner:
         total = seq.prompt.num_tokens
         plan = prompt.plan
         if plan is None:
-            whole = prompt.paused or SlicedCall(
-                partial(self._forward, prompt.inputs, prompt.positions, prompt.cache)
+            whole = self._advance(
+                prompt, partial(self._forward, prompt.inputs, prompt.positions, prompt.cache)
             )
-            prompt.paused = None
-            if not whole.advance(self._slice_s()):  # paused inside the vision tower
-                prompt.paused = whole
+            if whole is None:  # paused inside the vision tower
                 return 0, None
             logits = whole.result
             computed = total
@@ -362,21 +360,25 @@ class ModelRunner:
         embedder = self.prefix_cache.embedder
         assert embedder is not None
         slot, unit = prompt.units[0]
-        call = prompt.paused or SlicedCall(
-            partial(embedder.encode_unit, prompt.inputs, prompt.plan.slots, slot, unit)
+        done = self._advance(
+            prompt, partial(embedder.encode_unit, prompt.inputs, prompt.plan.slots, slot, unit)
         )
-        prompt.paused = None
-        if not call.advance(self._slice_s()):
-            prompt.paused = call
+        if done is None:
             return
         prompt.units.pop(0)
-        prompt.parts.setdefault(slot.identity, []).append(call.result)
+        prompt.parts.setdefault(slot.identity, []).append(done.result)
 
-    def _slice_s(self) -> float:
-        """How long a vision encoding may run before it pauses: its slice while rows decode
-        (they wait for it), else as long as it takes."""
+    def _advance(self, prompt: _Prompt, start: Callable[[], Any]) -> SlicedCall | None:
+        """The next slice of ``prompt``'s paused call, or of ``start`` begun now: the call once
+        it has returned, else None (it stays paused in ``prompt``). A slice is
+        ``vision_slice_s`` while rows decode (they wait for it), else as long as it takes."""
+        call = prompt.paused or SlicedCall(start)
+        prompt.paused = None
         decoding = any(group.num_rows for group in self._groups)
-        return self.vision_slice_s if decoding else math.inf
+        if call.advance(self.vision_slice_s if decoding else math.inf):
+            return call
+        prompt.paused = call
+        return None
 
     def _resume(self, state: _State, cache: Any) -> None:
         """After a preemption: feed the live choices' generated tokens (but the last, which is

@@ -216,7 +216,14 @@ def _pack_siblings(decoder: nn.Module) -> int:
     how many linears that replaced. One set at a time, so at most one set's weights are held
     twice while it is packed."""
     count = 0
-    for module in list(decoder.modules()):
+    # The parents only: a list of every module would hold each original linear until the end
+    # (twice the layers' memory, as ``_replace`` says); a parent lets go of its own on setattr.
+    parents = [
+        m
+        for m in decoder.modules()
+        if any(type(getattr(m, names[0], None)) is nn.Linear for names in SHARED_INPUT)
+    ]
+    for module in parents:
         for names in SHARED_INPUT:
             linears = [getattr(module, name, None) for name in names]
             plain = [m for m in linears if type(m) is nn.Linear]

@@ -41,8 +41,10 @@ class SlicedCall(greenlet.greenlet):  # type: ignore[misc]  # greenlet ships no 
 
     def advance(self, slice_s: float) -> bool:
         """Run until ``fn`` returns (True; its value in ``result``) or until the next layer would
-        end past ``slice_s`` seconds (False): at least one layer runs per slice, so a slice is
-        longer than ``slice_s`` only when one layer is. ``fn``'s exception is raised here."""
+        end past ``slice_s`` seconds (False). At least one layer runs per slice, and what follows
+        the tower's last layer runs in the last slice (the connector; in a whole-prompt forward,
+        the language model's prefill, which does not pause), so a slice is longer than
+        ``slice_s`` only by those. ``fn``'s exception is raised here."""
         self.deadline = time.perf_counter() + slice_s
         self.num_slices += 1
         value = self.switch()
