@@ -3,7 +3,8 @@ prefill row counts. Run by hand, alone (milliseconds per call, medians):
 
     flock -x /tmp/bench.lock .venv/bin/python bench/probe_linear.py
 
-Shapes: a Qwen2.5-VL-3B MLP (2048 -> 11008 and back) and a SmolVLM-256M one (576 -> 1536);
+Shapes: a Qwen2.5-VL-3B MLP (2048 -> 11008 and back), a SmolVLM-256M one (576 -> 1536) and a
+Qwen2-0.5B one (896 -> 4864 and back: LLaVA-OneVision-0.5B, whose prefill has ~1,600 rows);
 oneDNN packed without a batch-size hint (what the engine does), and with hints of 1 and 512 rows.
 """
 
@@ -16,8 +17,8 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional
 
-SHAPES = ((2048, 11008), (11008, 2048), (576, 1536))
-ROWS = (1, 8, 488)
+SHAPES = ((2048, 11008), (11008, 2048), (576, 1536), (896, 4864), (4864, 896))
+ROWS = (1, 8, 488, 1597)
 
 
 def timed(call: Callable[[], object], repeats: int) -> float:
