@@ -31,16 +31,8 @@ def _packed(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, PackedLinear | PackedPart)]
 
 
-class _Attention(nn.Module):
-    """The shape of transformers' attention and MLP: q/k/v and gate/up read the same input."""
-
-    def __init__(self, bias: bool) -> None:
-        super().__init__()
-        self.q_proj = nn.Linear(64, 96, bias=bias)
-        self.k_proj = nn.Linear(64, 32, bias=bias)
-        self.v_proj = nn.Linear(64, 32, bias=False)
-        self.gate_proj = nn.Linear(64, 128, bias=False)
-        self.up_proj = nn.Linear(64, 128, bias=False)
+class _Bare(nn.Module):
+    """A decoder-only stand-in: no embeddings, no head; the decoder is the module itself."""
 
     def get_decoder(self) -> nn.Module:
         return self
@@ -50,6 +42,18 @@ class _Attention(nn.Module):
 
     def get_input_embeddings(self) -> None:
         return None
+
+
+class _Attention(_Bare):
+    """The shape of transformers' attention and MLP: q/k/v and gate/up read the same input."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(64, 96, bias=bias)
+        self.k_proj = nn.Linear(64, 32, bias=bias)
+        self.v_proj = nn.Linear(64, 32, bias=False)
+        self.gate_proj = nn.Linear(64, 128, bias=False)
+        self.up_proj = nn.Linear(64, 128, bias=False)
 
     def projections(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [self.q_proj(x), self.k_proj(x), self.v_proj(x), self.gate_proj(x), self.up_proj(x)]
@@ -137,7 +141,7 @@ def test_unpacking_gives_back_the_same_model_output(tiny_models: dict[str, Path]
     assert torch.equal(after, before)
 
 
-class _FourLayers(nn.Module):
+class _FourLayers(_Bare):
     def __init__(self) -> None:
         super().__init__()
         self.decoder = nn.Sequential(
@@ -146,12 +150,6 @@ class _FourLayers(nn.Module):
 
     def get_decoder(self) -> nn.Module:
         return self.decoder
-
-    def get_output_embeddings(self) -> None:
-        return None
-
-    def get_input_embeddings(self) -> None:
-        return None
 
 
 def test_packing_frees_each_original_weight_before_packing_the_next(
@@ -174,19 +172,10 @@ def test_packing_frees_each_original_weight_before_packing_the_next(
     assert all(w() is None for w in weights)
 
 
-class _TwoLayers(nn.Module):
+class _TwoLayers(_Bare):
     def __init__(self) -> None:
         super().__init__()
         self.layers = nn.ModuleList(_Attention(bias=False) for _ in range(2))
-
-    def get_decoder(self) -> nn.Module:
-        return self
-
-    def get_output_embeddings(self) -> None:
-        return None
-
-    def get_input_embeddings(self) -> None:
-        return None
 
 
 def test_packing_siblings_frees_each_set_before_packing_the_next(
