@@ -188,7 +188,9 @@ def measure(family: str, shape: str, models: Path, rounds: int, max_tokens: int)
                 "engine_prefill": mine["prompt_tokens"] / mine["prefill_s"],
                 "base_prefill": base["prompt_tokens"] / base["prefill_s"],
                 "engine_decode": (n - 1) / mine["decode_s"] if n > 1 else 0.0,
-                "base_decode": (base["tokens"] - 1) / base["decode_s"] if n > 1 else 0.0,
+                "base_decode": (
+                    (base["tokens"] - 1) / base["decode_s"] if base["tokens"] > 1 else 0.0
+                ),
                 "prompt_tokens": mine["prompt_tokens"],
                 "tokens": n,
             }

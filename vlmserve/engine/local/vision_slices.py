@@ -37,7 +37,6 @@ class SlicedCall(greenlet.greenlet):  # type: ignore[misc]  # greenlet ships no 
         self.result: Any = None
         self.num_slices = 0
         self.layer_start: float | None = None  # when the running layer started
-        self.layer_s = 0.0  # what the last layer cost
 
     def advance(self, slice_s: float) -> bool:
         """Run until ``fn`` returns (True; its value in ``result``) or until the next layer would
@@ -94,8 +93,8 @@ def _pause_if_spent(module: nn.Module, args: Any) -> None:
         return
     now = time.perf_counter()
     if current.layer_start is not None:
-        current.layer_s = now - current.layer_start
-        if now + current.layer_s > current.deadline:
+        last_layer_s = now - current.layer_start
+        if now + last_layer_s > current.deadline:
             current.parent.switch()
             now = time.perf_counter()
     current.layer_start = now
