@@ -223,8 +223,10 @@ async def test_replica_marked_down_then_back_up(replicas: list[UpstreamServer]) 
 async def test_replica_serving_another_model_is_down(replicas: list[UpstreamServer]) -> None:
     replicas[2].upstream.behaviour.model = "other-model"
     async with running_engine(replicas) as engine:
-        await wait_for(lambda: not engine.pool.replicas[2].is_up)
-        assert "not fake-vlm" in engine.pool.replicas[2].detail
+        # Probes run concurrently: wait for all three verdicts, not only the one about replica 2.
+        up = engine.pool.replicas
+        await wait_for(lambda: up[0].detail == up[1].detail == "healthy" and not up[2].is_up)
+        assert "not fake-vlm" in up[2].detail
         assert engine.pool.max_model_len() == 4096
 
 
