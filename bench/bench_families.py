@@ -157,7 +157,9 @@ def baseline_run(engine: LocalEngine, p: Prompt, num_tokens: int) -> dict[str, f
     return core.call(run).result()  # type: ignore[no-any-return]
 
 
-def measure(family: str, shape: str, models: Path, rounds: int, max_tokens: int) -> dict[str, Any]:
+def measure(
+    family: str, shape: str, models: Path, rounds: int, max_tokens: int, dtype: str = "auto"
+) -> dict[str, Any]:
     path = models / f"{family}-{shape}"
     if not path.exists():
         # In a process of its own: the builder's random model would still be in this one's
@@ -167,7 +169,8 @@ def measure(family: str, shape: str, models: Path, rounds: int, max_tokens: int)
     described = describe_model(str(path))
     assert described is not None and described.image_edges is not None
     low_edge = described.image_edges[0]
-    engine = LocalEngine(EngineBinding(model=str(path)), EngineSettings(prompt_cache=False))
+    binding = EngineBinding(model=str(path), dtype=dtype)
+    engine = LocalEngine(binding, EngineSettings(prompt_cache=False))
     asyncio.run(engine.start())
     while not asyncio.run(engine.health()).ready:
         assert "failed" not in asyncio.run(engine.health()).detail
@@ -196,7 +199,7 @@ def measure(family: str, shape: str, models: Path, rounds: int, max_tokens: int)
             }
         )
         print(f"round {r}", rows[-1], file=sys.stderr, flush=True)
-    dtype = str(engine._loaded.dtype).removeprefix("torch.") if engine._loaded else "?"
+    loaded_dtype = str(engine._loaded.dtype).removeprefix("torch.") if engine._loaded else "?"
     asyncio.run(engine.close())
     result = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     return {
@@ -204,7 +207,7 @@ def measure(family: str, shape: str, models: Path, rounds: int, max_tokens: int)
         "shape": shape,
         "native_video": described.native_video,
         "image_tokens": described.image_tokens,
-        "dtype": dtype,
+        "dtype": loaded_dtype,
         **result,
     }
 
@@ -220,7 +223,8 @@ def table(results: list[dict[str, Any]], skipped: list[str], command: str) -> st
         f"    {command}",
         "",
         "Per family, its shape-faithful dummy (random weights, the real checkpoint's dimensions), "
-        "bf16 on this CPU: a ~300-token prompt with one 1024x768 picture at detail=low; prefill "
+        "in the dtype column's dtype (`--dtype`; auto: bf16 where the CPU computes it natively, "
+        "else float32): a ~300-token prompt with one 1024x768 picture at detail=low; prefill "
         "and decode tokens/s of the engine (`LocalEngine`, prompt cache off) and of plain "
         "`model.generate` on the same model object (processor included in both prefills); "
         "medians. Image tokens: a 1024x768 picture fitted to the family's low/high budget "
@@ -250,13 +254,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--models", type=Path, default=Path("/tmp/vlmserve-bench-models"))
+    parser.add_argument("--dtype", default="auto", help="the binding's dtype, as in the catalogue")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     results = []
     for item in args.shapes:
         family, shape = item.split(":")
         print(f"measuring {family} {shape} ...", file=sys.stderr, flush=True)
-        results.append(measure(family, shape, args.models, args.rounds, args.max_tokens))
+        results.append(measure(family, shape, args.models, args.rounds, args.max_tokens, args.dtype))
         print(results[-1], file=sys.stderr, flush=True)
     command = "flock -x /tmp/bench.lock .venv/bin/python bench/bench_families.py " + " ".join(
         sys.argv[1:]

@@ -89,7 +89,8 @@ class EngineSettings(_Frozen):
     # KV of running sequences (local engine); 0: automatic (free memory on CUDA, a fraction of
     # RAM on CPU). Admission waits when it is full; decoding past it preempts the newest sequence.
     kv_cache_bytes: int = Field(0, ge=0)
-    # float32 on the CPU: the language model's linear layers run as oneDNN-prepacked weights
+    # float32 (and bfloat16 where computed natively) on the CPU: the language model's linear
+    # layers run as oneDNN-prepacked weights
     # (1.2x faster decode at one row, 1.5-1.8x at 2-8 rows on a 2-core machine; packed_linear.py).
     cpu_packed_linear: bool = True
     # Decode steps of plain Llama/Qwen decoders run straight through their layers, without

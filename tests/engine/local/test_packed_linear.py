@@ -59,21 +59,42 @@ class _Attention(_Bare):
         return [self.q_proj(x), self.k_proj(x), self.v_proj(x), self.gate_proj(x), self.up_proj(x)]
 
 
-def test_a_packed_layer_computes_what_nn_linear_computes() -> None:
+# bfloat16 is packed only where oneDNN computes it natively (what ``resolve_dtype`` picks there).
+DTYPES = [
+    torch.float32,
+    pytest.param(
+        torch.bfloat16,
+        marks=pytest.mark.skipif(
+            not can_pack(torch.device("cpu"), torch.bfloat16), reason="no native bf16 here"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_packed_layer_computes_what_nn_linear_computes(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    linear = nn.Linear(64, 96)
+    linear = nn.Linear(64, 96).to(dtype)
     packed = PackedLinear(linear)
-    x = torch.randn(2, 7, 64)
+    x = torch.randn(2, 7, 64).to(dtype)
     with torch.inference_mode():
-        assert torch.allclose(packed(x), linear(x), atol=1e-5)
-        assert packed(x).shape == (2, 7, 96)
+        assert torch.allclose(packed(x).float(), linear(x).float(), atol=1e-5)
+        assert packed(x).shape == (2, 7, 96) and packed(x).dtype == dtype
 
 
-def test_a_row_gets_the_same_bits_alone_and_in_a_batch_of_any_size() -> None:
+def test_bfloat16_is_packed_only_where_the_cpu_computes_it() -> None:
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert can_pack(torch.device("cpu"), torch.bfloat16) == native
+    assert not can_pack(torch.device("cpu"), torch.float16)
+    assert not can_pack(torch.device("cuda"), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_row_gets_the_same_bits_alone_and_in_a_batch_of_any_size(dtype: torch.dtype) -> None:
     # Batched decoding must not change a request's logits: one kernel for every row count.
     torch.manual_seed(0)
-    packed = PackedLinear(nn.Linear(576, 1536, bias=False))
-    rows = torch.randn(16, 576)
+    packed = PackedLinear(nn.Linear(576, 1536, bias=False).to(dtype))
+    rows = torch.randn(16, 576).to(dtype)
     with torch.inference_mode():
         alone = packed(rows[:1])
         for m in (2, 3, 4, 8, 16):
@@ -84,8 +105,7 @@ def test_loading_packs_the_decoder_and_head_but_not_the_vision_tower(
     tiny_models: dict[str, Path],
 ) -> None:
     loaded = load_model(EngineBinding(model=str(tiny_models["idefics3"])), EngineSettings())
-    model = loaded.model
-    assert loaded.dtype == torch.float32 or pytest.skip("this CPU loads bfloat16")
+    model = loaded.model  # float32, or bfloat16 on a CPU that computes it (packed as well)
     decoder_linears = [m for m in model.get_decoder().modules() if isinstance(m, nn.Linear)]
     assert decoder_linears == [] and len(_packed(model.get_decoder())) > 0
     assert isinstance(model.get_output_embeddings(), PackedLinear)
