@@ -261,7 +261,9 @@ def main() -> None:
     for item in args.shapes:
         family, shape = item.split(":")
         print(f"measuring {family} {shape} ...", file=sys.stderr, flush=True)
-        results.append(measure(family, shape, args.models, args.rounds, args.max_tokens, args.dtype))
+        results.append(
+            measure(family, shape, args.models, args.rounds, args.max_tokens, args.dtype)
+        )
         print(results[-1], file=sys.stderr, flush=True)
     command = "flock -x /tmp/bench.lock .venv/bin/python bench/bench_families.py " + " ".join(
         sys.argv[1:]
