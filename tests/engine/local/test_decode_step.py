@@ -29,8 +29,17 @@ DIRECT = (
 )
 
 
-def _load(tiny_models: dict[str, Path], family: str, **settings: Any) -> LoadedModel:
-    return load_model(EngineBinding(model=str(tiny_models[family])), EngineSettings(**settings))
+def _load(
+    tiny_models: dict[str, Path], family: str, dtype: str = "auto", **settings: Any
+) -> LoadedModel:
+    binding = EngineBinding(model=str(tiny_models[family]), dtype=dtype)
+    return load_model(binding, EngineSettings(**settings))
+
+
+# How close the direct step's logits stay to transformers': float32 computes the same
+# operations; bfloat16 runs the step's attention in float32 (``_attention``), so the two differ
+# by bf16 rounding (a few ulps of logits ~0.3), far below what a wrong computation gives.
+TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-2}
 
 
 def _prefill(loaded: LoadedModel, prompt: list[int]) -> Any:
@@ -58,12 +67,13 @@ def _group(loaded: LoadedModel, prompts: list[list[int]]) -> tuple[Any, list[int
     return group, [longest - len(p) for p in prompts]
 
 
+@pytest.mark.parametrize("dtype", sorted(TOLERANCE))
 @pytest.mark.parametrize("family", DIRECT)
 @pytest.mark.parametrize("prompts", [[[5, 9, 14, 3, 7]], [[5, 9, 14, 3, 7, 11, 2, 8], [4, 6, 12]]])
 def test_the_direct_step_gives_transformers_logits(
-    tiny_models: dict[str, Path], family: str, prompts: list[list[int]]
+    tiny_models: dict[str, Path], family: str, prompts: list[list[int]], dtype: str
 ) -> None:
-    loaded = _load(tiny_models, family)
+    loaded = _load(tiny_models, family, dtype)
     step = DecodeStep.of(loaded.model)
     assert step is not None
     theirs, pads = _group(loaded, prompts)
@@ -84,7 +94,7 @@ def test_the_direct_step_gives_transformers_logits(
                 **{loaded.cache_kwarg: theirs},
             ).logits[:, -1]
         got = step(tokens, rope, mask.bool() if any(pads) else None, ours)
-        assert torch.allclose(got, want.float(), atol=1e-4), (family, i)
+        assert torch.allclose(got, want.float(), atol=TOLERANCE[dtype]), (family, i)
         tokens = want.argmax(-1, keepdim=True)
     assert ours.get_seq_length() == theirs.get_seq_length()
 
@@ -120,3 +130,27 @@ def test_the_setting_chooses_the_direct_step_and_both_answer_alike(
         counts.append(len(steps))
     assert counts == [7, 0]  # every step after the prefill's token, or none
     assert texts[0] == texts[1]
+
+
+def test_a_bf16_steps_attention_is_float32_rounded_once_and_the_same_for_a_row_in_any_batch() -> (
+    None
+):
+    # CPU flash attention in bf16 at one query per row cost half of an 8-row step; the step
+    # computes it in float32 instead: the float32 answer rounded once, row by row.
+    from vlmserve.engine.local.decode_step import _attention
+
+    torch.manual_seed(0)
+    q = torch.randn(8, 6, 1, 16).bfloat16()
+    k, v = torch.randn(8, 2, 40, 16).bfloat16(), torch.randn(8, 2, 40, 16).bfloat16()
+    keep = torch.ones(8, 1, 1, 40, dtype=torch.bool)
+    keep[3, ..., :7] = False  # a left-padded row
+    out = _attention(q, k, v, keep, 0.25)
+    exact = functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=keep, scale=0.25, enable_gqa=True
+    )
+    assert out.dtype == torch.bfloat16 and torch.equal(out, exact.bfloat16())
+    for row in range(8):
+        alone = _attention(
+            q[row : row + 1], k[row : row + 1], v[row : row + 1], keep[row : row + 1], 0.25
+        )
+        assert torch.equal(alone, out[row : row + 1]), row
