@@ -1,11 +1,13 @@
-"""Shared by the benchmark scripts: docs sections, peak memory, child processes."""
+"""Shared by the benchmark scripts: docs sections, peak memory, child processes, timings."""
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,18 @@ def write_section(path: Path, section: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + body
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def median_seconds(call: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """The median wall time of ``call`` over ``repeats`` runs after ``warmup`` unmeasured ones."""
+    for _ in range(warmup):
+        call()
+    costs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        costs.append(time.perf_counter() - started)
+    return statistics.median(costs)
 
 
 def status_kb(field: str) -> int:

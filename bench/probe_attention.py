@@ -7,9 +7,7 @@ SmolVLM-256M's heads (9 query, 3 KV, 64 wide). Microseconds per call, medians. R
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,20 +16,15 @@ from torch.nn import functional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchlib import median_seconds
+
 from vlmserve.engine.local.decode_step import _attention
 
 HEADS, KV_HEADS, WIDTH = 9, 3, 64
 
 
-def timed(call: Callable[[], object], repeats: int = 200) -> float:
-    for _ in range(5):
-        call()
-    costs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        costs.append(time.perf_counter() - started)
-    return statistics.median(costs) * 1e6
+def timed(call: Callable[[], object]) -> float:
+    return median_seconds(call, repeats=200, warmup=5) * 1e6  # microseconds
 
 
 def row(rows: int, keys: int) -> dict[str, float]:

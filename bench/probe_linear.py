@@ -12,11 +12,10 @@ natively (the engine packs both).
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from benchlib import median_seconds
 from torch.nn import functional
 
 SHAPES = ((2048, 11008), (11008, 2048), (576, 1536), (896, 4864), (4864, 896))
@@ -25,14 +24,7 @@ ROWS = (1, 8, 488, 1597)
 
 
 def timed(call: Callable[[], object], repeats: int) -> float:
-    call()
-    call()
-    costs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        costs.append(time.perf_counter() - started)
-    return statistics.median(costs) * 1000
+    return median_seconds(call, repeats) * 1000  # milliseconds
 
 
 def main() -> None:
