@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from vlmserve.catalog.spec import EngineBinding
 from vlmserve.engine.local import packed_linear
+from vlmserve.engine.local.cpu_features import cpu_has_native_bf16
 from vlmserve.engine.local.loader import load_model
 from vlmserve.engine.local.packed_linear import (
     PackedLinear,
@@ -83,7 +85,7 @@ def test_a_packed_layer_computes_what_nn_linear_computes(dtype: torch.dtype) -> 
 
 
 def test_bfloat16_is_packed_only_where_the_cpu_computes_it() -> None:
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native = cpu_has_native_bf16() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert can_pack(torch.device("cpu"), torch.bfloat16) == native
     assert not can_pack(torch.device("cpu"), torch.float16)
     assert not can_pack(torch.device("cuda"), torch.float32)
@@ -172,21 +174,30 @@ class _FourLayers(_Bare):
         return self.decoder
 
 
+def _originals_alive_at_each_pack(
+    monkeypatch: pytest.MonkeyPatch, model: nn.Module, packer: type
+) -> tuple[list[int], list[weakref.ref[torch.Tensor]]]:
+    """How many of ``model``'s original linear weights are alive each time ``packer`` (the class
+    that packs one layer or one set of siblings) is built; and weak references to them all."""
+    weights = [weakref.ref(m.weight) for m in model.modules() if isinstance(m, nn.Linear)]
+    alive: list[int] = []
+    real = packer.__init__
+
+    def watching(self: object, *args: Any) -> None:
+        alive.append(sum(w() is not None for w in weights))
+        real(self, *args)
+
+    monkeypatch.setattr(packer, "__init__", watching)
+    return alive, weights
+
+
 def test_packing_frees_each_original_weight_before_packing_the_next(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Packing every layer while all the originals stayed alive needed twice the layers' memory:
     # a 3B model in float32 was killed for memory on a 24 GiB machine right after loading.
     model = _FourLayers()
-    weights = [weakref.ref(m.weight) for m in model.modules() if isinstance(m, nn.Linear)]
-    alive_at_each_pack: list[int] = []
-
-    class Watching(PackedLinear):
-        def __init__(self, linear: nn.Linear) -> None:
-            alive_at_each_pack.append(sum(w() is not None for w in weights))
-            super().__init__(linear)
-
-    monkeypatch.setattr(packed_linear, "PackedLinear", Watching)
+    alive_at_each_pack, weights = _originals_alive_at_each_pack(monkeypatch, model, PackedLinear)
     assert pack_language_model(model) == 4
     assert alive_at_each_pack == [4, 3, 2, 1]  # the layers packed before are gone already
     assert all(w() is None for w in weights)
@@ -204,15 +215,9 @@ def test_packing_siblings_frees_each_set_before_packing_the_next(
     # A list of the decoder's modules held every original q/k/v and gate/up linear until all
     # sets were packed: twice a 3B model's layers, killed for memory on a 24 GiB machine.
     model = _TwoLayers()
-    weights = [weakref.ref(m.weight) for m in model.modules() if isinstance(m, nn.Linear)]
-    alive_at_each_pack: list[int] = []
-    real = packed_linear._SharedInput.__init__
-
-    def watching(self: object, linears: list[nn.Linear]) -> None:
-        alive_at_each_pack.append(sum(w() is not None for w in weights))
-        real(self, linears)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(packed_linear._SharedInput, "__init__", watching)
+    alive_at_each_pack, weights = _originals_alive_at_each_pack(
+        monkeypatch, model, packed_linear._SharedInput
+    )
     assert pack_language_model(model) == 10
     assert alive_at_each_pack == [10, 7, 5, 2]  # the sets packed before are gone already
     assert all(w() is None for w in weights)

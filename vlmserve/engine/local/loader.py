@@ -18,6 +18,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 
 from vlmserve.catalog.spec import EngineBinding
+from vlmserve.engine.local.cpu_features import cpu_has_native_bf16
 from vlmserve.engine.local.families import Family, family_for
 from vlmserve.engine.local.packed_linear import can_pack, pack_language_model
 from vlmserve.errors import ModelUnavailableError
@@ -98,19 +99,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls are then ~2x fp32; without them bf16 is emulated (slow)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    flags = set(text.split())
-    if {"avx512_bf16", "amx_bf16"} & flags:
-        return True
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(check()) if check is not None else False
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlmserve.engine.local.cpu_features import cpu_has_native_bf16
+
 log = logging.getLogger(__name__)
 
 # Sibling projections that transformers' decoder layers apply to one and the same input, in
@@ -183,14 +185,15 @@ class PackedPart(nn.Module):
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    """float32 wherever oneDNN is built in; bfloat16 where oneDNN computes it natively
-    (AVX512-BF16 / AMX, the CPUs ``resolve_dtype`` picks bf16 on). There the packed bf16
-    product is bit-identical to ``F.linear``'s and 1.3-2x faster at decode's few rows
-    (SmolVLM-256M's 576 -> 49,280 head: 2.95 against 4.83 ms at one row on an AVX512-BF16 EPYC)."""
+    """float32 wherever oneDNN is built in; bfloat16 where the CPU computes it natively
+    (AVX512-BF16 / AMX, the CPUs ``resolve_dtype`` picks bf16 on; elsewhere oneDNN would
+    emulate it). There the packed bf16 product is bit-identical to ``F.linear``'s and 1.3-2.6x
+    faster at decode's few rows (SmolVLM-256M's 576 -> 49,280 head: 2.36 against 6.12 ms at one
+    row on an AVX512-BF16 EPYC, ``bench/probe_linear.py``)."""
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     if dtype == torch.bfloat16:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return cpu_has_native_bf16() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return dtype == torch.float32
 
 
