@@ -33,6 +33,12 @@ class Mistral3(Family):
         side = self._low() // self.token_side()
         return side * (side + 1) + FRAME_LABEL_TOKENS
 
+    def reserved_strings(self) -> tuple[str, ...]:
+        # the processor marks the row ends as image tokens too: typed in text, they would bill
+        # as an image and break the embedder's layout
+        ends = (self.processor.image_break_token, self.processor.image_end_token)
+        return (*super().reserved_strings(), *ends)
+
     def _high(self) -> int:
         return edge(self.processor.image_processor.size)
 
