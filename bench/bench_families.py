@@ -65,6 +65,7 @@ DEFAULT_SHAPES = (
     "qwen3_vl:qwen3-vl-2b",
     "qwen2_5_vl:qwen2.5-vl-3b",
     "gemma3:gemma3-4b",
+    "mistral3:ministral3-3b",
 )
 WORDS = "the quick brown fox jumps over a lazy dog near the river bank at dawn".split()  # noqa: SIM905
 

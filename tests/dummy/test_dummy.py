@@ -34,6 +34,7 @@ IMAGE_TOKEN = {
     "internvl": "<IMG_CONTEXT>",
     "llava_onevision": "<image>",
     "gemma3": "<image_soft_token>",  # the template's <start_of_image>, expanded by the processor
+    "mistral3": "[IMG]",  # one a token, in rows closed by [IMG_BREAK] / [IMG_END]
 }
 NFC_NORMALIZING = {  # Qwen2Tokenizer normalizes; byte-level and Gemma BPE keep the text
     "qwen2_vl",
@@ -154,8 +155,9 @@ def test_eos_is_a_token_generation_can_stop_on(tiny_dirs: dict[str, Path], famil
     eos = model.generation_config.eos_token_id
     eos_ids = eos if isinstance(eos, list) else [eos]
     assert tokenizer.eos_token_id in eos_ids
-    # Gemma's tokenizer says <eos>; its generation_config adds <end_of_turn>, which ends a turn
-    assert tokenizer.eos_token in {"<end_of_utterance>", "<|im_end|>", "<eos>"}
+    # Gemma's tokenizer says <eos>; its generation_config adds <end_of_turn>, which ends a turn;
+    # Mistral's </s> closes every assistant turn of its template
+    assert tokenizer.eos_token in {"<end_of_utterance>", "<|im_end|>", "<eos>", "</s>"}
     turn_end = {"gemma3": "<end_of_turn>"}.get(family, tokenizer.eos_token)
     assert tokenizer.convert_tokens_to_ids(turn_end) in eos_ids
 

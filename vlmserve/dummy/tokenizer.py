@@ -34,7 +34,7 @@ from tokenizers import (
 
 from vlmserve.dummy.corpus import CORPUS
 
-Pipeline = Literal["gpt2", "qwen2", "gemma"]
+Pipeline = Literal["gpt2", "qwen2", "gemma", "tekken"]
 
 # Gemma's SentencePiece-style BPE: spaces become "▁", unknown bytes fall back to <0xNN> tokens.
 BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
@@ -43,6 +43,13 @@ BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 QWEN2_PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
     r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+# Mistral's Tekken split pattern (the ``pattern`` of mistral-common's tekken.json, which the
+# releases' tokenizer.json splits with): no contractions, case-aware words, single digits.
+TEKKEN_PRETOKENIZE_REGEX = (
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"""
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"""
+    r"""\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 
@@ -142,14 +149,21 @@ def _set_pipeline(tokenizer: Tokenizer, pipeline: Pipeline) -> None:
     if pipeline == "gpt2":
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         return
+    if pipeline == "tekken":  # byte-level BPE, no normalizer (tokenizers' TokenizersBackend)
+        tokenizer.pre_tokenizer = _split_then_bytes(TEKKEN_PRETOKENIZE_REGEX)
+        return
     tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+    tokenizer.pre_tokenizer = _split_then_bytes(QWEN2_PRETOKENIZE_REGEX)
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+
+
+def _split_then_bytes(pattern: str) -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
 
 
 def _check_layout(tokenizer: Tokenizer, spec: TokenizerSpec) -> None:

@@ -106,6 +106,17 @@ def test_a_family_it_does_not_know_decodes_through_transformers(
     assert DecodeStep.of(_load(tiny_models, "gemma3").model) is None
 
 
+def test_ministral3_query_scaling_keeps_it_on_transformers_forward(
+    tiny_models: dict[str, Path],
+) -> None:
+    # Ministral 3's attention scales queries by position (Llama 4's 1 + beta * log(1 +
+    # floor(p / original context))), which the direct step does not compute: the tiny model's
+    # scaling starts at position 512, inside the prompts the suite sends.
+    model = _load(tiny_models, "mistral3").model
+    assert type(model.model.language_model.layers[0]).__name__ == "Ministral3DecoderLayer"
+    assert DecodeStep.of(model) is None
+
+
 def test_the_setting_chooses_the_direct_step_and_both_answer_alike(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

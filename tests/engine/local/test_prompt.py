@@ -126,3 +126,18 @@ def test_a_conversation_the_template_rejects_is_a_bad_request(qwen2_vl: PromptPr
         pytest.raises(InvalidRequestError, match="must alternate"),
     ):
         qwen2_vl.prepare(Prompt((Message("user", (TextPart("hi"),)),)))
+
+
+@pytest.mark.parametrize("marker", ["[IMG]", "[IMG_BREAK]", "[IMG_END]"])
+def test_mistral3_image_row_markers_in_text_are_a_bad_request(
+    tiny_models: dict[str, Path], marker: str
+) -> None:
+    prep = preparer(tiny_models["mistral3"])
+    with pytest.raises(InvalidRequestError, match="reserves for media"):
+        prep.prepare(Prompt((Message("user", (TextPart(f"a {marker} b"),)),)))
+
+
+def test_mistral3_image_bills_its_rows_and_row_ends(tiny_models: dict[str, Path]) -> None:
+    # 100x60 px at 28 px a token: 4 x 3 [IMG], a [IMG_BREAK] after rows 1-2, [IMG_END] after 3
+    prep = preparer(tiny_models["mistral3"])
+    assert image_tokens(prep, one_image(100, 60)) == 4 * 3 + 3

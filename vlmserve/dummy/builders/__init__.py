@@ -9,6 +9,7 @@ from vlmserve.dummy.builders import (
     gemma3,
     internvl,
     llava_onevision,
+    mistral3,
     qwen2_5_vl,
     qwen3_vl,
     smolvlm,
@@ -22,6 +23,7 @@ BUILDERS: dict[str, Family] = {
     "internvl": internvl.BUILDER,
     "llava_onevision": llava_onevision.BUILDER,
     "gemma3": gemma3.BUILDER,
+    "mistral3": mistral3.BUILDER,
 }
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -31,4 +33,5 @@ SHAPES: dict[str, dict[str, Any]] = {
     "internvl": internvl.INTERNVL_SHAPES,
     "llava_onevision": llava_onevision.LLAVA_ONEVISION_SHAPES,
     "gemma3": gemma3.GEMMA3_SHAPES,
+    "mistral3": mistral3.MISTRAL3_SHAPES,
 }

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from vlmserve.engine.local.encoder_cache import EncoderCache
-from vlmserve.engine.local.families import Family, Idefics3, Qwen2VL, Qwen3VL
+from vlmserve.engine.local.families import Family, Idefics3, Mistral3, Qwen2VL, Qwen3VL
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +308,49 @@ class Qwen2VLEmbedder(Embedder):
         return [int(n) // merge**2 for n in grid.prod(-1).tolist()]
 
 
+class Mistral3Embedder(Embedder):
+    """Each image is its rows of ``[IMG]`` tokens, each row closed by ``[IMG_BREAK]`` and the
+    last by ``[IMG_END]``: one feature per ``[IMG]``. Pixtral encodes every image alone (a
+    block-diagonal mask over their patches) and the merger works per image, so an image's
+    features do not depend on the others in the batch."""
+
+    placeholder_names: ClassVar[dict[str, str]] = {"image": "image_token_id"}
+
+    def __init__(self, model: Any, family: Mistral3, encoder_cache: EncoderCache | None) -> None:
+        super().__init__(model, encoder_cache)
+        self.end_id = int(family.processor.image_end_token_id)
+        self.token_side = family.token_side()
+
+    def _items(
+        self, inputs: dict[str, torch.Tensor], input_ids: torch.Tensor
+    ) -> list[tuple[str, list[int]]] | None:
+        placeholders = torch.nonzero(input_ids == self.placeholder_ids["image"]).view(-1).tolist()
+        ends = torch.nonzero(input_ids == self.end_id).view(-1).tolist()
+        items, taken = [], 0
+        for end in ends:
+            count = 0
+            while taken + count < len(placeholders) and placeholders[taken + count] < end:
+                count += 1
+            items.append(("image", placeholders[taken : taken + count]))
+            taken += count
+        sizes = inputs.get("image_sizes")
+        wanted = [] if sizes is None else [h * w for h, w in (sizes // self.token_side).tolist()]
+        if taken != len(placeholders) or [len(p) for _, p in items] != wanted:
+            return None
+        return items
+
+    def _encode(
+        self, inputs: dict[str, torch.Tensor], every: list[MediaSlot], missing: list[MediaSlot]
+    ) -> list[torch.Tensor]:
+        picked = torch.tensor([s.index for s in missing], device=inputs["pixel_values"].device)
+        out = self.model.model.get_image_features(
+            inputs["pixel_values"][picked],
+            inputs["image_sizes"][picked.to(inputs["image_sizes"].device)],
+            return_dict=True,
+        )
+        return list(out.pooler_output)
+
+
 class TextOnlyEmbedder(Embedder):
     """Families whose media the engine cannot rebuild from embeddings (Qwen3-VL's DeepStack adds
     vision features inside the decoder) or whose layout it does not know: text-only prompts use
@@ -337,6 +380,8 @@ def embedder_for(
         return Idefics3Embedder(model, processor, encoder_cache)
     if isinstance(family, Qwen2VL) and not isinstance(family, Qwen3VL):
         return Qwen2VLEmbedder(model, encoder_cache)
+    if isinstance(family, Mistral3):
+        return Mistral3Embedder(model, family, encoder_cache)
     return TextOnlyEmbedder(model, encoder_cache)
 
 

@@ -13,6 +13,7 @@ from vlmserve.engine.local.families.gemma3 import Gemma3
 from vlmserve.engine.local.families.idefics3 import Idefics3
 from vlmserve.engine.local.families.internvl import InternVL
 from vlmserve.engine.local.families.llava_onevision import LlavaOnevision
+from vlmserve.engine.local.families.mistral3 import Mistral3
 from vlmserve.engine.local.families.qwen2_5_vl import Qwen25VL
 from vlmserve.engine.local.families.qwen2_vl import Qwen2VL
 from vlmserve.engine.local.families.qwen3_vl import Qwen3VL
@@ -27,6 +28,7 @@ FAMILIES: tuple[type[Family], ...] = (
     InternVL,
     LlavaOnevision,
     Gemma3,
+    Mistral3,
 )
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "Idefics3",
     "InternVL",
     "LlavaOnevision",
+    "Mistral3",
     "Qwen2VL",
     "Qwen3VL",
     "Qwen25VL",
