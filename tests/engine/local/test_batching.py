@@ -325,9 +325,11 @@ def test_preemption_under_a_tiny_kv_budget_finishes_every_request_unchanged(
 
 
 @pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
-def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_output(
+def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_output_and_one_head_per_token(
     tiny_models: dict[str, Path], family: str
 ) -> None:
+    """Chunks before the prompt's last fill the cache through the decoder alone: the output
+    head (a vocabulary-wide product) runs once per sampled token, never for those chunks."""
     prompt = Prompt(
         (Message("user", (TextPart("Describe " + "this picture carefully. " * 60), MediaPart(0))),),
         media(image(90, 70, 3)),
@@ -347,7 +349,16 @@ def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_output(
             step()
 
         chunked._core.step = counting  # type: ignore[method-assign]
-        got = asyncio.run(collect(chunked, request(prompt, "long", max_tokens=12)))
+        assert chunked._loaded is not None
+        head = chunked._loaded.model.get_output_embeddings()
+        head_rows: list[int] = []
+        hook = head.register_forward_hook(
+            lambda _m, args, _out: head_rows.append(args[0].shape[:-1].numel())
+        )
+        try:
+            got = asyncio.run(collect(chunked, request(prompt, "long", max_tokens=12)))
+        finally:
+            hook.remove()
     finally:
         asyncio.run(whole.close())
         asyncio.run(chunked.close())
@@ -355,6 +366,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_output(
     assert got.started is not None
     assert steps > got.started.usage.prompt_tokens // 16  # the prompt took many steps
     assert len(recorder.logits["long"]) == 12
+    assert head_rows == [1] * 12  # the first token's row, then one per decode step
 
 
 def arriving_together(engine: LocalEngine, requests: list[GenerationRequest]) -> list[Result]:

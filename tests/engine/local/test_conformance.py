@@ -18,6 +18,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import torch
 
 from tests.engine.local.helpers import (
     Result,
@@ -35,6 +36,7 @@ from vlmserve.engine.types import (
     Delta,
     Finished,
     FinishReason,
+    GenerationRequest,
     MediaInput,
     MediaPart,
     Message,
@@ -46,6 +48,7 @@ from vlmserve.engine.types import (
     ToolCallDelta,
 )
 from vlmserve.errors import ContextLengthError, UnsupportedContentError
+from vlmserve.settings import EngineSettings
 
 # Families whose media the prefix cache rebuilds from cached vision features (embedder.py); the
 # others prefill prompts with media the model's own way (text-only prompts still hit).
@@ -303,6 +306,41 @@ def test_prompt_cache_keeps_greedy_output_and_reports_cached_tokens(engines: Eng
         assert warm.started.usage.cached_tokens % 256 == 0
     assert warm.started.usage.prompt_tokens == cold.started.usage.prompt_tokens
     assert warm.text == cold.text == off.text
+
+
+def first_logits(engine: LocalEngine, req: GenerationRequest) -> torch.Tensor:
+    """The logits ``req``'s first token is sampled from."""
+    assert engine._core is not None
+    runner, seen = engine._core.runner, []
+    sample = runner._sample
+
+    def recording(seq: Any, state: Any, logits: torch.Tensor) -> dict[int, int]:
+        seen.append(logits.clone())
+        return sample(seq, state, logits)
+
+    runner._sample = recording  # type: ignore[method-assign]
+    try:
+        generate(engine, req)
+    finally:
+        del runner._sample
+    return seen[0]
+
+
+def test_a_prompt_prefilled_in_chunks_answers_as_prefilled_whole(
+    engines: Engines, tiny_models: dict[str, Path]
+) -> None:
+    """The chunks before a prompt's last run the family's decoder without its head: the KV they
+    leave (positions, M-RoPE, masks) must be what one whole forward leaves."""
+    prompt = text_prompt(" ".join(f"chunk{i % 29} or" for i in range(400)))  # no cached prefix
+    chunks = engines.on  # prompts with a prefix-cache plan take max_num_batched_tokens a step
+    assert count(chunks, prompt).prompt_tokens > EngineSettings().max_num_batched_tokens
+    whole = start_engine(tiny_models[engines.family], dtype="float32", max_num_batched_tokens=4096)
+    try:
+        want = first_logits(whole, request(prompt, max_tokens=1))
+    finally:
+        asyncio.run(whole.close())
+    got = first_logits(chunks, request(prompt, max_tokens=1))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
 
 def test_encoder_cache_hits_for_a_repeated_image(engines: Engines) -> None:

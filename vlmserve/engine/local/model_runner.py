@@ -201,12 +201,17 @@ class ModelRunner:
             embeds = self._embeds(prompt)
             end = total if budget >= total - prompt.start else prompt.start + max(1, budget)
             lo, hi = prompt.start - plan.start, end - plan.start
-            logits = self._forward(
+            chunk = (
                 {"inputs_embeds": embeds[:, lo:hi]},
                 prompt.positions[..., prompt.start : end],
                 prompt.cache,
             )
             computed = end - prompt.start
+            if end < total:  # a chunk before the prompt's last: its KV only, nothing to sample
+                self._fill(*chunk)
+                prompt.start = seq.num_computed_tokens = end
+                return computed, None
+            logits = self._forward(*chunk)
         prompt.start += computed
         seq.num_computed_tokens = prompt.start
         if prompt.start < total:
@@ -602,6 +607,19 @@ class ModelRunner:
             **{self.cache_kwarg: cache},
         )
         return out.logits[:, -1, :].float()
+
+    def _fill(self, inputs: dict[str, Any], positions: torch.Tensor, cache: Any) -> None:
+        """The KV of a prompt chunk that is not the prompt's last, through the decoder alone:
+        no token is sampled after it, so the output head, a vocabulary-wide product (Gemma 3's
+        tied 262,144 x 2,560 reads 1.3 GB of weights for its one row), is skipped, as vLLM
+        computes logits only where it samples. ``model.model`` is what transformers' image-text
+        models run before their head, with the same arguments (positions, M-RoPE and masks
+        included); a model without one takes the whole forward."""
+        body = getattr(self.model, "model", None)
+        if not isinstance(body, torch.nn.Module):
+            self._forward(inputs, positions, cache)
+            return
+        body(**inputs, position_ids=positions, use_cache=True, **{self.cache_kwarg: cache})
 
     def _sample(self, seq: Sequence, state: _State, logits: torch.Tensor) -> dict[int, int]:
         if logits.shape[-1] > self.num_tokens:
