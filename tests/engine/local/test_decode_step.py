@@ -26,6 +26,7 @@ DIRECT = (
     "qwen3_vl",
     "internvl",
     "llava_onevision",
+    "mistral3",
 )
 
 
@@ -67,13 +68,9 @@ def _group(loaded: LoadedModel, prompts: list[list[int]]) -> tuple[Any, list[int
     return group, [longest - len(p) for p in prompts]
 
 
-@pytest.mark.parametrize("dtype", sorted(TOLERANCE))
-@pytest.mark.parametrize("family", DIRECT)
-@pytest.mark.parametrize("prompts", [[[5, 9, 14, 3, 7]], [[5, 9, 14, 3, 7, 11, 2, 8], [4, 6, 12]]])
-def test_the_direct_step_gives_transformers_logits(
-    tiny_models: dict[str, Path], family: str, prompts: list[list[int]], dtype: str
-) -> None:
-    loaded = _load(tiny_models, family, dtype)
+def _steps_match_transformers(loaded: LoadedModel, prompts: list[list[int]], dtype: str) -> Any:
+    """Four direct steps of ``prompts`` (left-padded to one group) against transformers'
+    forward from the same caches; returns the step."""
     step = DecodeStep.of(loaded.model)
     assert step is not None
     theirs, pads = _group(loaded, prompts)
@@ -94,9 +91,19 @@ def test_the_direct_step_gives_transformers_logits(
                 **{loaded.cache_kwarg: theirs},
             ).logits[:, -1]
         got = step(tokens, rope, mask.bool() if any(pads) else None, ours)
-        assert torch.allclose(got, want.float(), atol=TOLERANCE[dtype]), (family, i)
+        assert torch.allclose(got, want.float(), atol=TOLERANCE[dtype]), i
         tokens = want.argmax(-1, keepdim=True)
     assert ours.get_seq_length() == theirs.get_seq_length()
+    return step
+
+
+@pytest.mark.parametrize("dtype", sorted(TOLERANCE))
+@pytest.mark.parametrize("family", DIRECT)
+@pytest.mark.parametrize("prompts", [[[5, 9, 14, 3, 7]], [[5, 9, 14, 3, 7, 11, 2, 8], [4, 6, 12]]])
+def test_the_direct_step_gives_transformers_logits(
+    tiny_models: dict[str, Path], family: str, prompts: list[list[int]], dtype: str
+) -> None:
+    _steps_match_transformers(_load(tiny_models, family, dtype), prompts, dtype)
 
 
 def test_a_family_it_does_not_know_decodes_through_transformers(
@@ -106,15 +113,18 @@ def test_a_family_it_does_not_know_decodes_through_transformers(
     assert DecodeStep.of(_load(tiny_models, "gemma3").model) is None
 
 
-def test_ministral3_query_scaling_keeps_it_on_transformers_forward(
-    tiny_models: dict[str, Path],
+@pytest.mark.parametrize("dtype", sorted(TOLERANCE))
+def test_ministral3_steps_past_its_original_context_scale_queries_as_transformers_does(
+    tiny_models: dict[str, Path], dtype: str
 ) -> None:
     # Ministral 3's attention scales queries by position (Llama 4's 1 + beta * log(1 +
-    # floor(p / original context))), which the direct step does not compute: the tiny model's
-    # scaling starts at position 512, inside the prompts the suite sends.
-    model = _load(tiny_models, "mistral3").model
-    assert type(model.model.language_model.layers[0]).__name__ == "Ministral3DecoderLayer"
-    assert DecodeStep.of(model) is None
+    # floor(p / original context))): the tiny model's original context is 512 positions, so
+    # these steps (positions 600-603, and 1030+ for a scale of 1 + beta * log 3) run scaled.
+    loaded = _load(tiny_models, "mistral3", dtype)
+    assert type(loaded.model.model.language_model.layers[0]).__name__ == "Ministral3DecoderLayer"
+    prompts = [[(i * 7) % 300 + 20 for i in range(600)], [(i * 5) % 300 + 20 for i in range(1030)]]
+    step = _steps_match_transformers(loaded, prompts, dtype)
+    assert step.query_scale is not None
 
 
 def test_the_setting_chooses_the_direct_step_and_both_answer_alike(

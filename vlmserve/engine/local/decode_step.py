@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 # Decoder layers whose forward is exactly: x += o_proj(attention(rope(q, k), v)) over
 # input_layernorm(x); x += down_proj(silu(gate_proj(h)) * up_proj(h)) over
-# post_attention_layernorm(x) (Qwen3's q_norm / k_norm on each head before rope included).
+# post_attention_layernorm(x) (Qwen3's q_norm / k_norm on each head before rope included, and
+# Ministral 3's query scale by position after it: ``_query_scale``).
 PLAIN_LAYERS = frozenset(
     {
         "LlamaDecoderLayer",
@@ -49,6 +50,7 @@ PLAIN_LAYERS = frozenset(
         "Qwen2_5_VLDecoderLayer",
         "Qwen3DecoderLayer",
         "Qwen3VLTextDecoderLayer",
+        "Ministral3DecoderLayer",
     }
 )
 # RMSNorms computing weight * x / sqrt(mean(x^2) + eps) in float32: one fused ``rms_norm``
@@ -61,6 +63,7 @@ RMS_NORMS = frozenset(
         "Qwen2_5_VLRMSNorm",
         "Qwen3RMSNorm",
         "Qwen3VLTextRMSNorm",
+        "Ministral3RMSNorm",
     }
 )
 
@@ -96,6 +99,7 @@ class DecodeStep:
         self.rotary: Any = decoder.rotary_emb
         self.norm = _norm(decoder.norm)
         self.layers = [_layer(layer) for layer in decoder.layers]
+        self.query_scale = _query_scale(decoder.config)
 
     @classmethod
     def of(cls, model: Any) -> DecodeStep | None:
@@ -124,6 +128,7 @@ class DecodeStep:
         cos, sin = self.rotary(x.unsqueeze(1), positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [rows, heads, 1, head_dim]
         mask = None if keep is None else keep.view(rows, 1, 1, -1)
+        scale = None if self.query_scale is None else self.query_scale(positions).to(x.dtype)
         for index, layer in enumerate(self.layers):
             q, k, v = layer.qkv(layer.input_norm(x))
             q = q.view(rows, -1, 1, layer.head_dim)
@@ -133,6 +138,8 @@ class DecodeStep:
                 q, k = layer.q_norm(q), layer.k_norm(k)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
+            if scale is not None:
+                q = q * scale
             k, v = cache.update(k, v, index)
             out = _attention(q, k, v, mask, layer.scaling)
             x = x + layer.o_proj(out.reshape(rows, -1))
@@ -166,6 +173,21 @@ def _norm(module: Any) -> Fn:
         return cast(Fn, module)
     shape, eps = (weight.shape[-1],), float(module.variance_epsilon)
     return lambda x: functional.rms_norm(x, shape, weight, eps)
+
+
+def _query_scale(config: Any) -> Fn | None:
+    """Llama 4's query scale by position, which Ministral 3's attention applies after rotary:
+    1 + beta * log(1 + floor(position / original context)), exactly 1 inside the original
+    context (16,384 positions on the releases); computed as the layer computes it, per row
+    [rows, 1, 1, 1]. None for a decoder without it."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    beta = rope.get("llama_4_scaling_beta")
+    if beta is None:
+        return None
+    original = rope["original_max_position_embeddings"]
+    return lambda positions: (1 + beta * torch.log(1 + torch.floor(positions / original))).view(
+        -1, 1, 1, 1
+    )
 
 
 def _siblings(*linears: Any) -> Split:
@@ -210,7 +232,10 @@ def _unsupported(model: Any, found: Any) -> str:
         return f"decoder layers {sorted(kinds - PLAIN_LAYERS)} are not plain pre-norm layers"
     text = model.config.get_text_config(decoder=True)
     layer_types = getattr(text, "layer_types", None) or ["full_attention"]
-    if set(layer_types) != {"full_attention"} or getattr(text, "use_sliding_window", False):
+    windowed = getattr(text, "sliding_window", None) is not None and getattr(
+        text, "use_sliding_window", True
+    )  # Mistral's layers slide whenever sliding_window is set; Qwen2's only with the switch
+    if set(layer_types) != {"full_attention"} or windowed:
         return "it has sliding-window layers"
     if getattr(text, "final_logit_softcapping", None) or getattr(
         text, "attn_logit_softcapping", None
