@@ -60,16 +60,22 @@ def stock_linears(model: Any, runner: Any = None) -> Iterator[None]:
     it is dropped first (else the old packed weights stay alive beside the new ones: a 3B model
     twice over ran a 24 GiB machine out of memory) and rebuilt on the new ones."""
     from vlmserve.engine.local.decode_step import DecodeStep
-    from vlmserve.engine.local.packed_linear import pack_language_model, unpack_language_model
+    from vlmserve.engine.local.packed_linear import (
+        PackedLinear,
+        pack_language_model,
+        unpack_language_model,
+    )
 
     direct = runner is not None and runner._direct is not None
     if direct:
         runner._direct = None
+    # A tied output head is packed only where the loader judged its copy small: as it was.
+    head_packed = isinstance(model.get_output_embeddings(), PackedLinear)
     packed = unpack_language_model(model)
     try:
         yield
     finally:
         if packed:
-            pack_language_model(model)
+            pack_language_model(model, tied_head_max_bytes=sys.maxsize if head_packed else 0)
         if direct:
             runner._direct = DecodeStep.of(model)
