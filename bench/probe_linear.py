@@ -18,6 +18,8 @@ import torch
 from benchlib import median_seconds
 from torch.nn import functional
 
+from vlmserve.engine.local.packed_linear import can_pack
+
 SHAPES = ((2048, 11008), (11008, 2048), (576, 1536), (896, 4864), (4864, 896))
 HEAD = (576, 49280)  # SmolVLM-256M's output head, the biggest single read of its decode step
 ROWS = (1, 8, 488, 1597)
@@ -31,7 +33,7 @@ def main() -> None:
     torch.manual_seed(0)
     linear = torch.ops.mkldnn._linear_pointwise
     dtypes = [torch.float32]
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # a CPU that computes bf16 natively
+    if can_pack(torch.device("cpu"), torch.bfloat16):  # where the engine packs bf16 too
         dtypes.append(torch.bfloat16)
     for dtype, (k, n) in ((d, shape) for d in dtypes for shape in (*SHAPES, HEAD)):
         weight = torch.randn(n, k).to(dtype)

@@ -22,7 +22,9 @@ without the prefix cache.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, ClassVar
 
 import torch
@@ -204,20 +206,15 @@ class Idefics3Embedder(Embedder):
     ) -> list[tuple[str, list[int]]] | None:
         placeholders = torch.nonzero(input_ids == self.placeholder_ids["image"]).view(-1).tolist()
         ends = [g + 1 + self.seq_len for g in torch.nonzero(input_ids == self.global_id).view(-1)]
-        items, taken = [], 0
-        for end in ends:
-            count = 0
-            while taken + count < len(placeholders) and placeholders[taken + count] < end:
-                count += 1
-            if count == 0 or count % self.seq_len:
-                return None
-            items.append(("image", placeholders[taken : taken + count]))
-            taken += count
+        runs = _cut(placeholders, ends)
+        if any(not run or len(run) % self.seq_len for run in runs):
+            return None
         pixel_values = inputs.get("pixel_values")
         num_tiles = 0 if pixel_values is None else pixel_values.shape[1]
+        taken = sum(len(run) for run in runs)
         if taken != len(placeholders) or taken != num_tiles * self.seq_len:
             return None
-        return items
+        return [("image", run) for run in runs]
 
     def _encode(
         self, inputs: dict[str, torch.Tensor], every: list[MediaSlot], missing: list[MediaSlot]
@@ -325,19 +322,12 @@ class Mistral3Embedder(Embedder):
         self, inputs: dict[str, torch.Tensor], input_ids: torch.Tensor
     ) -> list[tuple[str, list[int]]] | None:
         placeholders = torch.nonzero(input_ids == self.placeholder_ids["image"]).view(-1).tolist()
-        ends = torch.nonzero(input_ids == self.end_id).view(-1).tolist()
-        items, taken = [], 0
-        for end in ends:
-            count = 0
-            while taken + count < len(placeholders) and placeholders[taken + count] < end:
-                count += 1
-            items.append(("image", placeholders[taken : taken + count]))
-            taken += count
+        runs = _cut(placeholders, torch.nonzero(input_ids == self.end_id).view(-1).tolist())
         sizes = inputs.get("image_sizes")
         wanted = [] if sizes is None else [h * w for h, w in (sizes // self.token_side).tolist()]
-        if taken != len(placeholders) or [len(p) for _, p in items] != wanted:
+        if sum(len(run) for run in runs) != len(placeholders) or [len(r) for r in runs] != wanted:
             return None
-        return items
+        return [("image", run) for run in runs]
 
     def _encode(
         self, inputs: dict[str, torch.Tensor], every: list[MediaSlot], missing: list[MediaSlot]
@@ -390,6 +380,14 @@ def _num_before(input_ids: torch.Tensor, slot: MediaSlot, token_id: int, start: 
     if start <= slot.start:
         return 0
     return int((input_ids[slot.start : start] == token_id).sum())
+
+
+def _cut(placeholders: list[int], ends: list[int]) -> list[list[int]]:
+    """``placeholders`` (ascending prompt positions) cut at each of ``ends`` (ascending): those
+    before the first end, then those between it and the second, ...; any past the last end are
+    left out (the callers count them as a layout they do not know)."""
+    bounds = [bisect.bisect_left(placeholders, end) for end in ends]
+    return [placeholders[lo:hi] for lo, hi in pairwise([0, *bounds])]
 
 
 def _rows(sizes: list[int], indices: list[int]) -> torch.Tensor:
